@@ -1,0 +1,1 @@
+"""JetBridge's three Knative functions; each ``main.py`` deploys on its own."""

@@ -1,0 +1,12 @@
+"""The reaper function: a PingSource tick in, orphans and stuck work reconciled."""
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from shared import app, handlers, serving
+
+
+@functions_framework.cloud_event
+def handle(event: CloudEvent) -> None:
+    with serving.http_errors("reaper"):
+        handlers.on_reaper_event(event, app.current())

@@ -1,0 +1,134 @@
+"""JetBridge on one machine: the three functions' handlers on an in-process bus over the local runtime.
+
+This is the embedded default behind ``jetbridge run``: SQLite in the data
+directory, the artifact store beside it, pods run by the local runtime, which
+reports finished pods as the same ApiServerSource-shaped event the cluster sends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cloudevents.http import CloudEvent
+from sqlalchemy import select
+
+from shared import events, handlers
+from shared import status as st
+from shared.app import Deps, build_deps, utcnow
+from shared.bus import InProcessBus
+from shared.db import BuildRow, PipelineRow, transaction, upgrade
+from shared.pipelines import save_pipeline
+from shared.reaper import ReapReport
+from shared.resources import RESOURCE_DIRS
+from shared.runtime.local import LocalRuntime
+from shared.settings import Settings
+
+#: The source ApiServerSource puts on its events; the local runtime uses the same shape.
+POD_EVENT_SOURCE = "//jetbridge.dev/local-runtime"
+
+
+def resource_types_dir() -> Path:
+    """The folder holding every built-in resource type's scripts, bound at ``/opt/resource-types``."""
+    return next(iter(RESOURCE_DIRS.values())).parent
+
+
+class LocalCI:
+    """A whole JetBridge in this process. Use as a context manager; it stops every pod on exit."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.bus = InProcessBus()
+        store = settings.effective_store_root
+        store.mkdir(parents=True, exist_ok=True)
+        self.runtime = LocalRuntime(
+            claims={settings.store_claim: store},
+            work_root=settings.data_dir / "pods",
+            on_finish=self._pod_finished,
+            image_binds={settings.resource_image: {"/opt/resource-types": resource_types_dir()}},
+            sandbox=settings.sandbox,  # type: ignore[arg-type]
+            clock=clock,
+        )
+        self.deps: Deps = build_deps(settings, sink=self.bus, runtime=self.runtime, clock=clock)
+        upgrade(self.deps.engine)
+        deps = self.deps
+        self.bus.subscribe(events.BUILD_REQUESTED, lambda e: handlers.on_trigger_event(e, deps))
+        self.bus.subscribe(events.STEP_READY, lambda e: handlers.on_step_event(e, deps))
+        for type_ in events.POD_EVENTS:
+            self.bus.subscribe(type_, lambda e: handlers.on_step_event(e, deps))
+        self.last_report: ReapReport | None = None
+        self.bus.subscribe(events.PING, self._tick)
+
+    def _pod_finished(self, pod: dict[str, Any]) -> None:
+        name = pod.get("metadata", {}).get("name", "")
+        self.bus.emit(events.make_event(events.POD_UPDATE, pod, source=POD_EVENT_SOURCE,
+                                        subject=f"pods/{name}"))
+
+    def _tick(self, event: CloudEvent) -> None:
+        self.last_report = handlers.on_reaper_event(event, self.deps)
+
+    def __enter__(self) -> LocalCI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.runtime.close()
+        self.deps.engine.dispose()
+
+    def set_pipeline(self, name: str, config: str, variables: Mapping[str, Any] | None = None) -> None:
+        with transaction(self.deps.sessions) as session:
+            save_pipeline(session, name=name, config=config, variables=variables,
+                          clock=self.deps.clock)
+
+    def request_build(self, pipeline: str, job: str,
+                      versions: Mapping[str, Any] | None = None) -> str:
+        """Send ``build.requested`` as the CLI or a webhook would; returns the event id."""
+        event_id = uuid.uuid4().hex
+        self.bus.emit(events.make_event(
+            events.BUILD_REQUESTED,
+            {"pipeline": pipeline, "job": job, "versions": dict(versions or {})},
+            id_=event_id,
+        ))
+        return event_id
+
+    def build_for(self, pipeline: str, event_id: str) -> BuildRow | None:
+        with transaction(self.deps.sessions) as session:
+            return session.scalars(
+                select(BuildRow)
+                .join(PipelineRow, PipelineRow.id == BuildRow.pipeline_id)
+                .where(PipelineRow.name == pipeline, BuildRow.event_id == event_id)
+            ).one_or_none()
+
+    def run_build(self, pipeline: str, job: str, *, timeout: float = 3600,
+                  versions: Mapping[str, Any] | None = None) -> BuildRow:
+        """Run one build of ``job`` to its end and return it (then one reaper tick)."""
+        event_id = self.request_build(pipeline, job, versions)
+        state: dict[str, BuildRow | None] = {"build": None}
+
+        def finished() -> bool:
+            if event_id in self.bus.rejected:
+                return True
+            build = self.build_for(pipeline, event_id)
+            state["build"] = build
+            return build is not None and build.status in st.BUILD_TERMINAL
+
+        if not self.bus.run_until(finished, timeout=timeout):
+            raise TimeoutError(f"build of {pipeline}/{job} did not finish within {timeout:.0f}s")
+        if event_id in self.bus.rejected:
+            raise self.bus.rejected[event_id]
+        build = state["build"]
+        assert build is not None
+        return build
+
+    def tick(self) -> ReapReport:
+        """One reaper tick through the bus, as PingSource would send it."""
+        self.bus.emit(events.make_event(events.PING, {}, source="//jetbridge.dev/local-ping"))
+        self.bus.drain()
+        assert self.last_report is not None
+        return self.last_report
+
