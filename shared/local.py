@@ -43,6 +43,7 @@ class LocalCI:
         self.settings = settings
         self.bus = InProcessBus()
         store = settings.effective_store_root
+        assert store is not None  # always set for the local runtime
         store.mkdir(parents=True, exist_ok=True)
         self.runtime = LocalRuntime(
             claims={settings.store_claim: store},

@@ -59,8 +59,11 @@ class Settings:
         return self.database_url or f"sqlite:///{(self.data_dir / 'jetbridge.db').resolve()}"
 
     @property
-    def effective_store_root(self) -> Path:
-        return self.store_root if self.store_root is not None else self.data_dir / "store"
+    def effective_store_root(self) -> Path | None:
+        """The store root; in the cluster it must be set (where the claim is mounted)."""
+        if self.store_root is not None:
+            return self.store_root
+        return None if self.runtime == "kubernetes" else self.data_dir / "store"
 
     @property
     def effective_log_dir(self) -> Path:
