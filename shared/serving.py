@@ -25,4 +25,5 @@ def http_errors(what: str) -> Iterator[None]:
     except JetBridgeError as e:
         status = e.status if isinstance(e, PermanentError) else 503
         log.warning("%s answered %d: %s", what, status, e)
-        flask.abort(status, description=str(e))
+        body = {"error": str(e), "kind": type(e).__name__}
+        flask.abort(flask.make_response(flask.jsonify(body), status))
