@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from shared.pipeline import (
@@ -80,7 +80,7 @@ class StepSpec:
     key: str
     name: str
     kind: str
-    """``get``, ``task`` or ``put``."""
+    """``check``, ``get``, ``task`` or ``put``."""
     depends_on: tuple[str, ...] = ()
     image: str = ""
     """The task's image (``image_resource``); empty for get and put (the resource image)."""
@@ -91,6 +91,8 @@ class StepSpec:
     inputs: tuple[InputBinding, ...] = ()
     outputs: tuple[OutputBinding, ...] = ()
     resource: ResourceCall | None = None
+    version_from: str | None = None
+    """Key of the ``check`` step whose newest version this get fetches (no version pinned)."""
     timeout_seconds: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +115,7 @@ class StepSpec:
             inputs=tuple(InputBinding(**i) for i in data.get("inputs", ())),
             outputs=tuple(OutputBinding(**o) for o in data.get("outputs", ())),
             resource=ResourceCall(**resource) if resource else None,
+            version_from=data.get("version_from"),
             timeout_seconds=data.get("timeout_seconds"),
         )
 
@@ -156,6 +159,10 @@ class _Compiler:
             return (tuple(leaves) or deps), after
         if isinstance(step, GetStep):
             spec = self._get(step, key, deps)
+            if spec.version_from is not None:
+                # Concourse checks before it gets: find the newest version first.
+                self.steps.append(self._check(step, spec.version_from, deps))
+                spec = replace(spec, depends_on=(spec.version_from,))
         elif isinstance(step, PutStep):
             spec = self._put(step, key, deps, produced)
         else:
@@ -191,9 +198,22 @@ class _Compiler:
             name=step.get,
             kind="get",
             depends_on=deps,
+            version_from=None if call.version is not None else f"{key}:check",
             command=_resource_command(self._script(call, "in"), step.get),
             env={REQUEST_ENV: _request(call)},
             outputs=(OutputBinding(name=step.get, mount=step.get),),
+            resource=call,
+        )
+
+    def _check(self, step: GetStep, key: str, deps: tuple[str, ...]) -> StepSpec:
+        call = self._resource(step.resource, {}, None)
+        return StepSpec(
+            key=key,
+            name=step.get,
+            kind="check",
+            depends_on=deps,
+            command=_resource_command(self._script(call, "check"), "."),
+            env={REQUEST_ENV: _request(call, with_params=False)},
             resource=call,
         )
 
@@ -246,12 +266,22 @@ def _image_of(source: Mapping[str, Any]) -> str:
     return f"{repo}:{tag}" if tag else repo
 
 
-def _request(call: ResourceCall) -> str:
+def _request(call: ResourceCall, *, with_params: bool = True) -> str:
     """The JSON a resource script reads on stdin."""
-    request: dict[str, Any] = {"source": dict(call.source), "params": dict(call.params)}
-    if call.version is not None:
-        request["version"] = dict(call.version)
+    request: dict[str, Any] = {"source": dict(call.source)}
+    if with_params:
+        request["params"] = dict(call.params)
+    if call.version is not None or not with_params:
+        request["version"] = dict(call.version) if call.version is not None else None
     return json.dumps(request, sort_keys=True)
+
+
+def with_version(spec: StepSpec, version: Mapping[str, Any]) -> StepSpec:
+    """A get whose version was found by its check step, ready to run."""
+    assert spec.resource is not None
+    call = replace(spec.resource, version=dict(version))
+    return replace(spec, resource=call, env={**spec.env, REQUEST_ENV: _request(call)},
+                   version_from=None)
 
 
 def _resource_command(script: str, target: str) -> tuple[str, ...]:

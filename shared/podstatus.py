@@ -103,4 +103,6 @@ def _result(terminated: Mapping[str, Any] | None) -> dict[str, Any]:
         parsed = json.loads(message)
     except ValueError:
         return {}
+    if isinstance(parsed, list):  # check answers with a list of versions, oldest first
+        return {"versions": parsed}
     return parsed if isinstance(parsed, dict) else {}

@@ -28,7 +28,7 @@ from shared.builds import advance_build
 from shared.db import ArtifactRow, BuildRow, PipelineRow, SessionFactory, StepRow, transaction
 from shared.events import EventSink
 from shared.logstore import LogStore
-from shared.plan import StepSpec
+from shared.plan import StepSpec, with_version
 from shared.podspec import Mount, PodIds, PodSettings, build_step_pod, pod_name
 from shared.runtime import PodDict, Runtime
 
@@ -64,6 +64,9 @@ def launch_step(
         assert pipeline is not None
         spec = StepSpec.from_json(step.spec)
         missing, inputs = _inputs(session, build_id, spec)
+        if spec.version_from is not None:
+            spec, problem = _checked_version(session, build_id, spec)
+            missing += [problem] if problem else []
         if missing:
             message = f"{spec.kind} {spec.name!r} cannot start: " + "; ".join(missing)
             _finish(session, step, st.ERRORED, error=message, clock=clock)
@@ -101,6 +104,18 @@ def launch_step(
     artifacts.make_directories(root, outputs)
     runtime.launch(pod)
     return name
+
+
+def _checked_version(session: Session, build_id: int, spec: StepSpec) -> tuple[StepSpec, str]:
+    """The get with the newest version its check step found, or why there is none."""
+    check = session.scalars(
+        select(StepRow).where(StepRow.build_id == build_id, StepRow.key == spec.version_from)
+    ).one_or_none()
+    versions = (check.result if check is not None else {}).get("versions") or []
+    if not versions or not isinstance(versions[-1], dict):
+        resource = spec.resource.resource if spec.resource else spec.name
+        return spec, f"resource {resource!r} has no versions (check found none)"
+    return with_version(spec, versions[-1]), ""
 
 
 def _inputs(

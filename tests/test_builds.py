@@ -54,6 +54,10 @@ jobs:
 """
 
 
+#: What the git resource's check answers: versions, oldest first.
+CHECKED = '[{"ref": "1111111"}, {"ref": "2222222"}]'
+
+
 class Driver:
     """The step runner's two handlers, called as the bus would call them."""
 
@@ -68,9 +72,10 @@ class Driver:
         with transaction(sessions) as session:
             save_pipeline(session, name="demo", config=PIPELINE, clock=clock)
 
-    def start(self, event_id: str | None = None) -> int:
+    def start(self, event_id: str | None = None,
+              versions: dict[str, dict[str, str]] | None = None) -> int:
         return start_build(self.sessions, pipeline="demo", job="build", sink=self.sink,
-                           clock=self.clock, event_id=event_id).build_id
+                           clock=self.clock, event_id=event_id, versions=versions).build_id
 
     def ready_events(self) -> list[Any]:
         return [e for e in self.sink.events if e["type"] == events.STEP_READY]
@@ -87,11 +92,15 @@ class Driver:
         return finish_step(self.sessions, pod=pod, runtime=self.runtime, logs=self.logs,
                            store_root=self.store, sink=self.sink, clock=self.clock)
 
-    def step(self, build_id: int, name: str) -> StepRow:
+    def step(self, build_id: int, name: str, kind: str | None = None) -> StepRow:
+        """The step called ``name`` (not its check step, unless ``kind="check"``)."""
         with transaction(self.sessions) as session:
-            return session.scalars(
-                select(StepRow).where(StepRow.build_id == build_id, StepRow.name == name)
-            ).one()
+            query = select(StepRow).where(StepRow.build_id == build_id, StepRow.name == name)
+            if kind is None:
+                query = query.where(StepRow.kind != "check")
+            else:
+                query = query.where(StepRow.kind == kind)
+            return session.scalars(query).one()
 
     def build(self, build_id: int) -> BuildRow:
         with transaction(self.sessions) as session:
@@ -113,7 +122,14 @@ class Driver:
                 if name is None:
                     continue
                 step_name = _step_name(self, event)
-                self.finish(name, fail.get(step_name, 0), log=f"log of {step_name}\n".encode())
+                self.finish(name, fail.get(step_name, 0), log=f"log of {step_name}\n".encode(),
+                            message=CHECKED if self.kind_of(event) == "check" else "")
+
+    def kind_of(self, event: Any) -> str:
+        with transaction(self.sessions) as session:
+            step = session.get(StepRow, event_data(event)["step_id"])
+            assert step is not None
+            return step.kind
 
 
 def _step_name(driver: Driver, event: Any) -> str:
@@ -130,9 +146,9 @@ def driver(sessions: Any, tmp_path: Path, clock: FakeClock) -> Driver:
 
 def test_a_build_runs_step_by_step_to_success(driver: Driver) -> None:
     build_id = driver.start()
-    # Only the first step is announced: everything else waits for it.
+    # Only the first step (the check before the first get) is announced.
     assert [event_data(e)["step_id"] for e in driver.ready_events()] == [
-        driver.step(build_id, "repo").id
+        driver.step(build_id, "repo", kind="check").id
     ]
     driver.run_all(build_id)
     build = driver.build(build_id)
@@ -148,12 +164,12 @@ def test_a_build_runs_step_by_step_to_success(driver: Driver) -> None:
 
 def test_in_parallel_branches_are_announced_together(driver: Driver) -> None:
     build_id = driver.start()
-    for name in ("repo", "compile"):
+    for name, kind in (("repo", "check"), ("repo", None), ("compile", None)):
         (event,) = [e for e in driver.ready_events()
-                    if event_data(e)["step_id"] == driver.step(build_id, name).id]
+                    if event_data(e)["step_id"] == driver.step(build_id, name, kind).id]
         pod = driver.launch(event)
         assert pod is not None
-        driver.finish(pod)
+        driver.finish(pod, message=CHECKED if kind == "check" else "")
     announced = {_step_name(driver, e) for e in driver.ready_events()}
     assert {"unit", "lint"} <= announced
     assert "ship" not in announced
@@ -185,10 +201,8 @@ def test_the_same_event_twice_starts_one_build(driver: Driver) -> None:
 
 
 def test_step_ready_twice_launches_one_pod_and_one_set_of_outputs(driver: Driver) -> None:
-    build_id = driver.start()
-    driver.run_all(build_id)  # warm: everything done
-    build_id = driver.start()
-    event = driver.ready_events()[-1]
+    driver.start(versions={"repo": {"ref": "abc"}})
+    (event,) = driver.ready_events()  # the get: it has one output
     first = driver.launch(event)
     again = driver.launch(event)
     assert first == again
@@ -202,8 +216,33 @@ def test_step_ready_twice_launches_one_pod_and_one_set_of_outputs(driver: Driver
     assert count == 1
 
 
-def test_a_finished_pod_reported_twice_is_recorded_once(driver: Driver) -> None:
+def test_the_get_fetches_the_newest_version_its_check_found(driver: Driver) -> None:
     build_id = driver.start()
+    driver.run_all(build_id)
+    assert driver.step(build_id, "repo", kind="check").result == {
+        "versions": [{"ref": "1111111"}, {"ref": "2222222"}]
+    }
+    get = driver.step(build_id, "repo")
+    assert get.status == st.SUCCEEDED
+    assert get.pod_name not in driver.runtime.pods  # deleted once its log was kept
+    assert get.pod_name in driver.runtime.launches
+
+
+def test_a_check_that_finds_nothing_errors_the_get(driver: Driver) -> None:
+    build_id = driver.start()
+    (event,) = driver.ready_events()
+    pod = driver.launch(event)
+    assert pod is not None
+    driver.finish(pod, message="[]")
+    get_ready = driver.ready_events()[-1]
+    assert driver.launch(get_ready) is None  # nothing to launch: no version to fetch
+    get = driver.step(build_id, "repo")
+    assert get.status == st.ERRORED
+    assert get.error == "get 'repo' cannot start: resource 'repo' has no versions (check found none)"
+
+
+def test_a_finished_pod_reported_twice_is_recorded_once(driver: Driver) -> None:
+    build_id = driver.start(versions={"repo": {"ref": "abc"}})
     pod = driver.launch(driver.ready_events()[0])
     assert pod is not None
     data = driver.runtime.finish(pod, 0)
@@ -224,7 +263,7 @@ def test_pods_jetbridge_does_not_own_are_ignored(driver: Driver) -> None:
 
 
 def test_a_running_pod_update_changes_nothing(driver: Driver) -> None:
-    build_id = driver.start()
+    build_id = driver.start(versions={"repo": {"ref": "abc"}})
     name = driver.launch(driver.ready_events()[0])
     assert name is not None
     running = driver.runtime.read(name)
@@ -235,7 +274,7 @@ def test_a_running_pod_update_changes_nothing(driver: Driver) -> None:
 
 
 def test_an_input_whose_artifact_is_gone_errors_the_step(driver: Driver) -> None:
-    build_id = driver.start()
+    build_id = driver.start(versions={"repo": {"ref": "abc"}})
     pod = driver.launch(driver.ready_events()[0])
     assert pod is not None
     driver.finish(pod)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared.pipeline import parse_pipeline
-from shared.plan import BUILTIN_TYPES_PATH, REQUEST_ENV, StepSpec, compile_plan
+from shared.plan import BUILTIN_TYPES_PATH, REQUEST_ENV, StepSpec, compile_plan, with_version
 
 PIPELINE = """
 resources:
@@ -46,26 +46,49 @@ jobs:
 
 @pytest.fixture
 def steps() -> dict[str, StepSpec]:
-    return {s.name: s for s in compile_plan(parse_pipeline(PIPELINE), "build")}
+    return {s.name: s for s in compile_plan(parse_pipeline(PIPELINE), "build") if s.kind != "check"}
 
 
-def test_steps_come_in_plan_order_with_positional_keys(steps: dict[str, StepSpec]) -> None:
-    assert [(s.key, s.name, s.kind) for s in steps.values()] == [
+@pytest.fixture
+def by_key() -> dict[str, StepSpec]:
+    return {s.key: s for s in compile_plan(parse_pipeline(PIPELINE), "build")}
+
+
+def test_steps_come_in_plan_order_with_positional_keys(by_key: dict[str, StepSpec]) -> None:
+    assert [(s.key, s.name, s.kind) for s in by_key.values()] == [
+        ("0:check", "repo", "check"),
         ("0", "repo", "get"),
         ("1", "compile", "task"),
         ("2.0", "unit", "task"),
+        ("2.1:check", "docs", "check"),
         ("2.1", "docs", "get"),
         ("3", "out", "put"),
     ]
 
 
 @pytest.mark.parametrize(
-    ("name", "depends_on"),
-    [("repo", ()), ("compile", ("0",)), ("unit", ("1",)), ("docs", ("1",)), ("out", ("2.0", "2.1"))],
-    ids=["first", "sequence", "branch-a", "branch-b", "after-in-parallel-waits-for-all"],
+    ("key", "depends_on"),
+    [("0:check", ()), ("0", ("0:check",)), ("1", ("0",)), ("2.0", ("1",)), ("2.1:check", ("1",)),
+     ("2.1", ("2.1:check",)), ("3", ("2.0", "2.1"))],
+    ids=["first-check", "get-after-its-check", "sequence", "branch-a", "branch-b-check",
+         "branch-b-get", "after-in-parallel-waits-for-all"],
 )
-def test_dependencies(steps: dict[str, StepSpec], name: str, depends_on: tuple[str, ...]) -> None:
-    assert steps[name].depends_on == depends_on
+def test_dependencies(by_key: dict[str, StepSpec], key: str, depends_on: tuple[str, ...]) -> None:
+    assert by_key[key].depends_on == depends_on
+
+
+def test_an_unpinned_get_takes_the_newest_version_its_check_finds(
+    by_key: dict[str, StepSpec],
+) -> None:
+    check, get = by_key["0:check"], by_key["0"]
+    assert check.command[3] == f"{BUILTIN_TYPES_PATH}/git/check"
+    assert json.loads(check.env[REQUEST_ENV]) == {
+        "source": {"uri": "https://example.com/r.git", "branch": "main"}, "version": None
+    }
+    assert get.version_from == "0:check"
+    ready = with_version(get, {"ref": "abc"})
+    assert ready.version_from is None
+    assert json.loads(ready.env[REQUEST_ENV])["version"] == {"ref": "abc"}
 
 
 def test_task_inputs_are_bound_to_their_producers(steps: dict[str, StepSpec]) -> None:
@@ -101,8 +124,9 @@ def test_put_sees_every_artifact_so_far(steps: dict[str, StepSpec]) -> None:
     ]
 
 
-def test_a_pinned_version_reaches_the_get_request() -> None:
+def test_a_pinned_version_reaches_the_get_request_with_no_check() -> None:
     steps = compile_plan(parse_pipeline(PIPELINE), "build", versions={"repo": {"ref": "abc123"}})
+    assert (steps[0].key, steps[0].kind) == ("0", "get")
     request = json.loads(steps[0].env[REQUEST_ENV])
     assert request["version"] == {"ref": "abc123"}
 
