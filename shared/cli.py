@@ -130,7 +130,7 @@ def run(ctx: Context, pipeline: Path, job: str, pipeline_name: str | None, timeo
     except KeyError as e:
         click.secho(f"{pipeline}: {e.args[0]}", fg="red", err=True)
         sys.exit(EXIT_BAD_PIPELINE)
-    name = pipeline_name or pipeline.stem
+    name = pipeline_name or _default_name(pipeline)
     try:
         with LocalCI(ctx.settings) as ci:
             ci.set_pipeline(name, text, variables)
@@ -141,8 +141,6 @@ def run(ctx: Context, pipeline: Path, job: str, pipeline_name: str | None, timeo
             colour = COLOURS.get(build.status, "white")
             click.secho(f"build {name}/{job} #{build.number} (id {build.id}) {build.status} "
                         f"in {elapsed:.1f}s", fg=colour, bold=True)
-            if build.error:
-                click.secho(f"  {build.error}", fg=colour)
             if not keep_artifacts:
                 report = ci.tick()
                 click.echo(f"reaper: {report.summary()}")
@@ -150,6 +148,14 @@ def run(ctx: Context, pipeline: Path, job: str, pipeline_name: str | None, timeo
         click.secho(f"error: {e}", fg="red", err=True)
         sys.exit(EXIT_BAD_PIPELINE if isinstance(e, PermanentError) else EXIT_ERROR)
     sys.exit(EXIT_OK if build.status == st.SUCCEEDED else EXIT_BUILD_FAILED)
+
+
+def _default_name(path: Path) -> str:
+    """``ci/app.yml`` is ``app``; ``examples/demo/pipeline.yml`` is ``demo``."""
+    stem = path.stem
+    if stem in ("pipeline", "ci") and path.resolve().parent.name:
+        return path.resolve().parent.name
+    return stem
 
 
 def _progress(event: CloudEvent, ci: Any, quiet: bool) -> None:

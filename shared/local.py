@@ -40,6 +40,10 @@ class LocalCI:
     """A whole JetBridge in this process. Use as a context manager; it stops every pod on exit."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+        # Absolute paths: the sandbox binds them from wherever the pod's process starts.
+        settings = settings.with_overrides(data_dir=settings.data_dir.resolve())
+        if settings.store_root is not None:
+            settings = settings.with_overrides(store_root=settings.store_root.resolve())
         self.settings = settings
         self.bus = InProcessBus()
         store = settings.effective_store_root
@@ -120,6 +124,7 @@ class LocalCI:
 
         if not self.bus.run_until(finished, timeout=timeout):
             raise TimeoutError(f"build of {pipeline}/{job} did not finish within {timeout:.0f}s")
+        self.bus.drain()  # deliver what the last step raised (step.finished, build.finished)
         if event_id in self.bus.rejected:
             raise self.bus.rejected[event_id]
         build = state["build"]
