@@ -18,7 +18,7 @@ import datetime
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
@@ -194,8 +194,8 @@ class Pipeline:
 # ---------------------------------------------------------------- the supported subset
 
 #: Resource types a pipeline may use without declaring them under ``resource_types``:
-#: the ones JetBridge ships scripts for.
-BUILTIN_RESOURCE_TYPES = frozenset({"git", "time", "registry-image", "docker-image", "gcs", "mock"})
+#: the ones JetBridge ships scripts for (``shared/resources/``).
+BUILTIN_RESOURCE_TYPES = frozenset({"git"})
 
 #: Types a task's ``image_resource`` may have: both name an OCI image by ``source.repository``.
 IMAGE_RESOURCE_TYPES = ("registry-image", "docker-image")
@@ -638,9 +638,11 @@ class _Reader:
     def _check_resource_type_types(self, resource_types: Sequence[ResourceType]) -> None:
         for rt in resource_types:
             others = [n for n in self._resource_types if n != rt.name]
-            if rt.type not in BUILTIN_RESOURCE_TYPES and rt.type not in others:
+            known = BUILTIN_RESOURCE_TYPES | set(IMAGE_RESOURCE_TYPES)
+            if rt.type not in known and rt.type not in others:
                 path = _at(_where_path(rt.where), "type")
-                self._problem_at(path, _unknown_type(f"resource type {rt.name!r}", rt.type, others))
+                message = _unknown_type(f"resource type {rt.name!r}", rt.type, others, known)
+                self._problem_at(path, message)
 
     def _resource(self, node: Node, path: str) -> Resource | None:
         what = "a resource"
@@ -1428,8 +1430,10 @@ def _describe(node: Node) -> str:
     return _python_kind(str(node.value))
 
 
-def _unknown_type(what: str, type_: str, declared: Sequence[str]) -> str:
-    builtin = ", ".join(sorted(BUILTIN_RESOURCE_TYPES))
+def _unknown_type(
+    what: str, type_: str, declared: Sequence[str], known: Iterable[str] = BUILTIN_RESOURCE_TYPES
+) -> str:
+    builtin = ", ".join(sorted(known))
     listed = f" (declared: {', '.join(declared)})" if declared else ""
     return (
         f"{what} has type {type_!r}, which is neither built in ({builtin}) nor declared "

@@ -32,8 +32,6 @@ from shared.pipeline import (
 #: type holding ``check``, ``in`` and ``out``. Custom types use Concourse's ``/opt/resource``.
 BUILTIN_TYPES_PATH = "/opt/resource-types"
 CUSTOM_TYPE_PATH = "/opt/resource"
-#: Resource types whose scripts ship with JetBridge.
-BUILTIN_TYPES = frozenset({"git"})
 
 #: The environment variable that carries a resource request (source, version, params) into
 #: a get or put pod: pods have no stdin, so the wrapper pipes it into the script.

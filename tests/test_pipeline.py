@@ -53,6 +53,9 @@ FULL = yaml_text(
     - name: slack
       type: registry-image
       source: {repository: cfcommunity/slack-notification-resource}
+    - name: registry-image
+      type: registry-image
+      source: {repository: concourse/registry-image-resource}
 
     resources:
     - name: repo
@@ -144,6 +147,11 @@ def test_a_full_pipeline_is_read_field_by_field() -> None:
             name="slack",
             type="registry-image",
             source={"repository": "cfcommunity/slack-notification-resource"},
+        ),
+        ResourceType(
+            name="registry-image",
+            type="registry-image",
+            source={"repository": "concourse/registry-image-resource"},
         ),
     )
     assert pipeline.resources == (
@@ -246,18 +254,18 @@ def test_every_part_knows_where_it_stood() -> None:
     ]
     assert wheres == [
         Where(path="resource_types[0]", line=2),
-        Where(path="resources[0]", line=7),
-        Where(path="resources[1]", line=14),
-        Where(path="resources[2]", line=17),
-        Where(path="jobs[0]", line=22),
-        Where(path="jobs[0].plan[0]", line=26),
-        Where(path="jobs[0].plan[1]", line=35),
-        Where(path="jobs[0].plan[2]", line=62),
-        Where(path="jobs[0].plan[0].in_parallel.steps[0]", line=30),
-        Where(path="jobs[0].plan[0].in_parallel.steps[1]", line=32),
-        Where(path="jobs[1]", line=65),
-        Where(path="jobs[1].plan[0].in_parallel[0]", line=70),
-        Where(path="jobs[1].plan[0].in_parallel[1]", line=73),
+        Where(path="resources[0]", line=10),
+        Where(path="resources[1]", line=17),
+        Where(path="resources[2]", line=20),
+        Where(path="jobs[0]", line=25),
+        Where(path="jobs[0].plan[0]", line=29),
+        Where(path="jobs[0].plan[1]", line=38),
+        Where(path="jobs[0].plan[2]", line=65),
+        Where(path="jobs[0].plan[0].in_parallel.steps[0]", line=33),
+        Where(path="jobs[0].plan[0].in_parallel.steps[1]", line=35),
+        Where(path="jobs[1]", line=68),
+        Where(path="jobs[1].plan[0].in_parallel[0]", line=73),
+        Where(path="jobs[1].plan[0].in_parallel[1]", line=76),
     ]
 
 
@@ -583,7 +591,7 @@ PROBLEMS = [
         - name: r
           type: git
         - name: r
-          type: time
+          type: git
         jobs: [{name: a, plan: [{get: r}]}]
         """,
         "resources[1].name",
@@ -607,7 +615,7 @@ PROBLEMS = [
     (
         "get-of-unknown-resource",
         """
-        resources: [{name: repo, type: git}, {name: clock, type: time}]
+        resources: [{name: repo, type: git}, {name: clock, type: git}]
         jobs:
         - name: a
           plan:
@@ -642,8 +650,8 @@ PROBLEMS = [
         """,
         "resources[0].type",
         3,
-        "resource 'r' has type 'svn', which is neither built in (docker-image, gcs, git, mock,"
-        " registry-image, time) nor declared under resource_types",
+        "resource 'r' has type 'svn', which is neither built in (git) nor declared under"
+        " resource_types",
     ),
     (
         "resource-type-of-undeclared-type",
@@ -655,14 +663,14 @@ PROBLEMS = [
         "resource_types[0].type",
         1,
         "resource type 'slack' has type 'oci-image', which is neither built in (docker-image,"
-        " gcs, git, mock, registry-image, time) nor declared under resource_types",
+        " git, registry-image) nor declared under resource_types",
     ),
     (
         "check-every-not-a-duration",
         """
         resources:
         - name: r
-          type: time
+          type: git
           check_every: 5 minutes
         jobs: [{name: a, plan: [{get: r}]}]
         """,
