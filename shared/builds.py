@@ -140,6 +140,7 @@ def advance_build(sessions: SessionFactory, *, build_id: int, sink: EventSink, c
     nothing new changes nothing and announces nothing.
     """
     to_announce: list[StepRow] = []
+    skipped: list[StepRow] = []
     finished: BuildRow | None = None
     with transaction(sessions) as session:
         build = session.scalars(
@@ -161,6 +162,7 @@ def advance_build(sessions: SessionFactory, *, build_id: int, sink: EventSink, c
                 deps = [by_key[k].status for k in step.depends_on if k in by_key]
                 if any(d in st.STEP_UNSUCCESSFUL for d in deps):
                     if _move(session, step, st.PENDING, st.SKIPPED, finished_at=now):
+                        skipped.append(step)
                         changed = True
                 elif all(d == st.SUCCEEDED for d in deps):
                     if _move(session, step, st.PENDING, st.SCHEDULED):
@@ -177,6 +179,8 @@ def advance_build(sessions: SessionFactory, *, build_id: int, sink: EventSink, c
                 build.status = outcome
                 finished = build
         result = build.status
+    for step in skipped:
+        sink.emit(step_finished_event(build_id, step))
     for step in to_announce:
         sink.emit(step_ready_event(build_id, step))
     if finished is not None:
@@ -199,6 +203,18 @@ def step_ready_event(build_id: int, step: StepRow) -> Any:
         {"build_id": build_id, "step_id": step.id, "attempt": step.attempt},
         subject=f"builds/{build_id}/steps/{step.key}",
         id_=f"step-{step.id}-{step.attempt}-ready",
+    )
+
+
+def step_finished_event(build_id: int, step: StepRow) -> Any:
+    """``step.finished``: a step reached a final status (succeeded, failed, errored, skipped…)."""
+    return events.make_event(
+        events.STEP_FINISHED,
+        {"build_id": build_id, "step_id": step.id, "key": step.key, "name": step.name,
+         "kind": step.kind, "status": step.status, "exit_code": step.exit_code,
+         "error": step.error},
+        subject=f"builds/{build_id}/steps/{step.key}",
+        id_=f"step-{step.id}-{step.attempt}-finished",
     )
 
 

@@ -21,7 +21,7 @@ from shared import status as st
 from shared.app import Deps, build_deps, utcnow
 from shared.bus import InProcessBus
 from shared.db import BuildRow, PipelineRow, transaction, upgrade
-from shared.pipelines import save_pipeline
+from shared.pipelines import load, save_pipeline
 from shared.reaper import ReapReport
 from shared.resources import RESOURCE_DIRS
 from shared.runtime.local import LocalRuntime
@@ -29,6 +29,18 @@ from shared.settings import Settings
 
 #: The source ApiServerSource puts on its events; the local runtime uses the same shape.
 POD_EVENT_SOURCE = "//jetbridge.dev/local-runtime"
+
+
+def local_repository(uri: Any) -> Path | None:
+    """The directory a git ``uri`` names on this machine (a path or ``file://``), if any.
+
+    A cluster pod reaches its repository over the network; locally the same
+    repository is a directory that get and put pods must be able to read and push to.
+    """
+    if not isinstance(uri, str):
+        return None
+    path = Path(uri.removeprefix("file://")) if uri.startswith(("file://", "/")) else None
+    return path.resolve() if path is not None and path.is_dir() else None
 
 
 def resource_types_dir() -> Path:
@@ -86,9 +98,15 @@ class LocalCI:
         self.deps.engine.dispose()
 
     def set_pipeline(self, name: str, config: str, variables: Mapping[str, Any] | None = None) -> None:
+        """Store the pipeline; its git repositories on this machine become reachable from pods."""
         with transaction(self.deps.sessions) as session:
-            save_pipeline(session, name=name, config=config, variables=variables,
-                          clock=self.deps.clock)
+            row = save_pipeline(session, name=name, config=config, variables=variables,
+                                clock=self.deps.clock)
+            model = load(row)
+        for resource in model.resources:
+            path = local_repository(resource.source.get("uri")) if resource.type == "git" else None
+            if path is not None:
+                self.runtime.share(path)
 
     def request_build(self, pipeline: str, job: str,
                       versions: Mapping[str, Any] | None = None) -> str:

@@ -123,12 +123,12 @@ def build_step_pod(
     image = step.image or settings.resource_image
     if step.resource is not None and step.resource.image:
         image = step.resource.image
-    env = [V1EnvVar(name=k, value=v) for k, v in sorted(step.env.items())]
+    env = [V1EnvVar(name=k, value=_literal(v)) for k, v in sorted(step.env.items())]
     container = V1Container(
         name=CONTAINER,
         image=image,
-        command=[step.command[0]] if step.command else None,
-        args=list(step.command[1:]) or None,
+        command=[_literal(step.command[0])] if step.command else None,
+        args=[_literal(a) for a in step.command[1:]] or None,
         env=env or None,
         working_dir=f"{workdir}/{step.dir.strip('/')}" if step.dir else workdir,
         volume_mounts=volume_mounts,
@@ -185,6 +185,11 @@ def build_step_pod(
             tolerations=[V1Toleration(**t) for t in settings.tolerations] or None,
         ),
     )
+
+
+def _literal(text: str) -> str:
+    """Text Kubernetes passes through as written: it expands ``$(VAR)`` and reads ``$$`` as ``$``."""
+    return text.replace("$", "$$")
 
 
 def _resources(settings: PodSettings) -> V1ResourceRequirements | None:

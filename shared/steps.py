@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 
 from shared import artifacts, events, podstatus
 from shared import status as st
-from shared.builds import advance_build
+from shared.builds import advance_build, step_finished_event
 from shared.db import ArtifactRow, BuildRow, PipelineRow, SessionFactory, StepRow, transaction
+from shared.errors import NotFoundError
 from shared.events import EventSink
 from shared.logstore import LogStore
 from shared.plan import StepSpec, with_version
@@ -168,12 +169,18 @@ def finish_step(
         if step is None or step.build_id != ref.build_id:
             return None
         kind, name, key = step.kind, step.name, step.key
+        current = step.status == st.RUNNING and step.pod_name == ref.name
     outcome = podstatus.outcome(pod, kind=kind, name=name)
     if outcome is None:
         return None
-    # Keep the log before anything may delete the pod (logs after the pod is gone).
-    data = runtime.logs(ref.name)
-    logs.write(ref.build_id, key, data)
+    data = b""
+    if current:
+        # Keep the log before anything may delete the pod (logs after the pod is gone).
+        try:
+            data = runtime.logs(ref.name)
+        except NotFoundError:
+            data = b"(the pod was gone before its log could be read)\n"
+        logs.write(ref.build_id, key, data)
     message = outcome.message
     if outcome.status != st.SUCCEEDED and kind != "task":
         last = _last_line(data)
@@ -217,17 +224,6 @@ def _finish(
         step.status, step.error, step.exit_code = status, error, exit_code
         return True
     return False
-
-
-def step_finished_event(build_id: int, step: StepRow) -> Any:
-    return events.make_event(
-        events.STEP_FINISHED,
-        {"build_id": build_id, "step_id": step.id, "key": step.key, "name": step.name,
-         "kind": step.kind, "status": step.status, "exit_code": step.exit_code,
-         "error": step.error},
-        subject=f"builds/{build_id}/steps/{step.key}",
-        id_=f"step-{step.id}-{step.attempt}-finished",
-    )
 
 
 def _last_line(data: bytes) -> str:
