@@ -10,6 +10,7 @@ producing step succeeded, so after any crash the reaper finds every directory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -175,7 +176,9 @@ def stream_in(
     return fresh
 
 
-def stream_out(sessions: SessionFactory, handle: str, fileobj: BinaryIO, *, root: Path | None) -> int:
+def stream_out(
+    sessions: SessionFactory, handle: str, fileobj: BinaryIO, *, root: Path | None
+) -> int:
     """Write a ``ready`` artifact as a tar stream; returns the bytes written."""
     store = require_root(root)
     with transaction(sessions) as session:
@@ -196,10 +199,8 @@ def remove_directory(root: Path, subpath: str) -> int:
         return 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):  # a file gone already frees nothing more
                 freed += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
     try:
         shutil.rmtree(path)
     except FileNotFoundError:

@@ -164,9 +164,10 @@ def advance_build(sessions: SessionFactory, *, build_id: int, sink: EventSink, c
                     if _move(session, step, st.PENDING, st.SKIPPED, finished_at=now):
                         skipped.append(step)
                         changed = True
-                elif all(d == st.SUCCEEDED for d in deps):
-                    if _move(session, step, st.PENDING, st.SCHEDULED):
-                        to_announce.append(step)
+                elif all(d == st.SUCCEEDED for d in deps) and _move(
+                    session, step, st.PENDING, st.SCHEDULED
+                ):
+                    to_announce.append(step)
         if all(s.status in st.STEP_TERMINAL for s in steps):
             outcome = st.build_outcome([s.status for s in steps])
             errors = [s.error for s in steps if s.error]
@@ -187,8 +188,12 @@ def advance_build(sessions: SessionFactory, *, build_id: int, sink: EventSink, c
         sink.emit(
             events.make_event(
                 events.BUILD_FINISHED,
-                {"build_id": build_id, "job": finished.job_name, "number": finished.number,
-                 "status": finished.status},
+                {
+                    "build_id": build_id,
+                    "job": finished.job_name,
+                    "number": finished.number,
+                    "status": finished.status,
+                },
                 subject=f"builds/{build_id}",
                 id_=f"build-{build_id}-finished",
             )
@@ -210,9 +215,16 @@ def step_finished_event(build_id: int, step: StepRow) -> Any:
     """``step.finished``: a step reached a final status (succeeded, failed, errored, skipped…)."""
     return events.make_event(
         events.STEP_FINISHED,
-        {"build_id": build_id, "step_id": step.id, "key": step.key, "name": step.name,
-         "kind": step.kind, "status": step.status, "exit_code": step.exit_code,
-         "error": step.error},
+        {
+            "build_id": build_id,
+            "step_id": step.id,
+            "key": step.key,
+            "name": step.name,
+            "kind": step.kind,
+            "status": step.status,
+            "exit_code": step.exit_code,
+            "error": step.error,
+        },
         subject=f"builds/{build_id}/steps/{step.key}",
         id_=f"step-{step.id}-{step.attempt}-finished",
     )
@@ -221,7 +233,9 @@ def step_finished_event(build_id: int, step: StepRow) -> Any:
 def _move(session: Session, step: StepRow, frm: str, to: str, **values: Any) -> bool:
     """Compare-and-set one step's status; keeps the in-memory row in step with the database."""
     result = session.execute(
-        update(StepRow).where(StepRow.id == step.id, StepRow.status == frm).values(status=to, **values)
+        update(StepRow)
+        .where(StepRow.id == step.id, StepRow.status == frm)
+        .values(status=to, **values)
     )
     if result.rowcount:  # type: ignore[attr-defined]
         step.status = to

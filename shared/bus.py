@@ -100,8 +100,13 @@ class InProcessBus:
                     log.warning("event %s (%s) will be retried: %s", event["id"], event["type"], e)
                     self._queue.put(_Delivery(event=event, attempt=delivery.attempt + 1))
                 else:
-                    log.error("event %s (%s) dropped after %d attempts: %s",
-                              event["id"], event["type"], delivery.attempt, e)
+                    log.error(
+                        "event %s (%s) dropped after %d attempts: %s",
+                        event["id"],
+                        event["type"],
+                        delivery.attempt,
+                        e,
+                    )
                 return
             except PermanentError as e:
                 log.error("event %s (%s) rejected: %s", event["id"], event["type"], e)

@@ -28,8 +28,13 @@ EXIT_BAD_PIPELINE = 2
 EXIT_ERROR = 3
 
 SYMBOLS = {st.SUCCEEDED: "✓", st.FAILED: "✗", st.ERRORED: "!", st.ABORTED: "■", st.SKIPPED: "-"}
-COLOURS = {st.SUCCEEDED: "green", st.FAILED: "red", st.ERRORED: "yellow", st.ABORTED: "magenta",
-           st.SKIPPED: "bright_black"}
+COLOURS = {
+    st.SUCCEEDED: "green",
+    st.FAILED: "red",
+    st.ERRORED: "yellow",
+    st.ABORTED: "magenta",
+    st.SKIPPED: "bright_black",
+}
 
 
 class Context:
@@ -41,16 +46,22 @@ pass_context = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              envvar=env_name("data_dir"), show_envvar=True,
-              help="Local state: database, artifact store, logs. Default: ./.jetbridge")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=env_name("data_dir"),
+    show_envvar=True,
+    help="Local state: database, artifact store, logs. Default: ./.jetbridge",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log what JetBridge does.")
 @click.version_option(package_name="jetbridge")
 @click.pass_context
 def cli(ctx: click.Context, data_dir: Path | None, verbose: bool) -> None:
     """JetBridge: Concourse pipelines, one pod per step."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = load_settings()
     except JetBridgeError as e:
@@ -76,11 +87,22 @@ def _read_pipeline(path: Path, variables: dict[str, Any]) -> tuple[str, Any]:
 
 
 var_options = [
-    click.option("-v", "--var", "var", multiple=True, metavar="NAME=VALUE",
-                 help="Value of a ((var)) in the pipeline; repeatable."),
-    click.option("-l", "--vars-file", "vars_file", multiple=True,
-                 type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                 help="YAML file of ((var)) values; repeatable, later files win."),
+    click.option(
+        "-v",
+        "--var",
+        "var",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Value of a ((var)) in the pipeline; repeatable.",
+    ),
+    click.option(
+        "-l",
+        "--vars-file",
+        "vars_file",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="YAML file of ((var)) values; repeatable, later files win.",
+    ),
 ]
 
 
@@ -116,8 +138,17 @@ def validate(pipeline: Path, var: Sequence[str], vars_file: Sequence[Path]) -> N
 @click.option("--quiet", "-q", is_flag=True, help="Show step results only, not their logs.")
 @with_vars
 @pass_context
-def run(ctx: Context, pipeline: Path, job: str, pipeline_name: str | None, timeout: float,
-        keep_artifacts: bool, quiet: bool, var: Sequence[str], vars_file: Sequence[Path]) -> None:
+def run(
+    ctx: Context,
+    pipeline: Path,
+    job: str,
+    pipeline_name: str | None,
+    timeout: float,
+    keep_artifacts: bool,
+    quiet: bool,
+    var: Sequence[str],
+    vars_file: Sequence[Path],
+) -> None:
     """Run one job of a pipeline here, showing each step as it goes."""
     from shared.local import LocalCI
 
@@ -139,8 +170,12 @@ def run(ctx: Context, pipeline: Path, job: str, pipeline_name: str | None, timeo
             build = ci.run_build(name, job, timeout=timeout)
             elapsed = (datetime.now() - started).total_seconds()
             colour = COLOURS.get(build.status, "white")
-            click.secho(f"build {name}/{job} #{build.number} (id {build.id}) {build.status} "
-                        f"in {elapsed:.1f}s", fg=colour, bold=True)
+            click.secho(
+                f"build {name}/{job} #{build.number} (id {build.id}) {build.status} "
+                f"in {elapsed:.1f}s",
+                fg=colour,
+                bold=True,
+            )
             if not keep_artifacts:
                 report = ci.tick()
                 click.echo(f"reaper: {report.summary()}")
@@ -190,7 +225,8 @@ def builds(ctx: Context, count: int) -> None:
         rows = session.execute(
             select(BuildRow, PipelineRow.name)
             .join(PipelineRow, PipelineRow.id == BuildRow.pipeline_id)
-            .order_by(BuildRow.id.desc()).limit(count)
+            .order_by(BuildRow.id.desc())
+            .limit(count)
         ).all()
         if not rows:
             click.echo("no builds yet")
@@ -198,11 +234,16 @@ def builds(ctx: Context, count: int) -> None:
         click.echo(f"{'id':>5}  {'build':<32} {'status':<10} {'started':<20} duration")
         for build, pipeline in rows:
             started = build.started_at.strftime("%Y-%m-%d %H:%M:%S") if build.started_at else "-"
-            duration = (f"{(build.finished_at - build.started_at).total_seconds():.1f}s"
-                        if build.finished_at and build.started_at else "-")
+            duration = (
+                f"{(build.finished_at - build.started_at).total_seconds():.1f}s"
+                if build.finished_at and build.started_at
+                else "-"
+            )
             label = f"{pipeline}/{build.job_name} #{build.number}"
-            click.secho(f"{build.id:>5}  {label:<32} {build.status:<10} {started:<20} {duration}",
-                        fg=COLOURS.get(build.status))
+            click.secho(
+                f"{build.id:>5}  {label:<32} {build.status:<10} {started:<20} {duration}",
+                fg=COLOURS.get(build.status),
+            )
 
 
 @cli.command()
@@ -222,7 +263,9 @@ def logs(ctx: Context, build_id: int, step_name: str | None) -> None:
         chosen = [s for s in steps if step_name is None or s.name == step_name]
         if not chosen:
             names = ", ".join(s.name for s in steps)
-            raise click.ClickException(f"build {build_id} has no step {step_name!r}; steps: {names}")
+            raise click.ClickException(
+                f"build {build_id} has no step {step_name!r}; steps: {names}"
+            )
         for step in chosen:
             click.secho(f"── {step.kind} {step.name} ({step.status})", bold=True)
             data = deps.logs.read(build_id, step.key)
@@ -240,8 +283,12 @@ def reap(ctx: Context, dry_run: bool) -> None:
     from shared.reaper import reap as reap_once
 
     with _deps(ctx) as deps:
-        report = reap_once(deps.sessions, store_root=deps.settings.effective_store_root,
-                           clock=deps.clock, dry_run=dry_run)
+        report = reap_once(
+            deps.sessions,
+            store_root=deps.settings.effective_store_root,
+            clock=deps.clock,
+            dry_run=dry_run,
+        )
     click.echo(report.summary())
     for error in report.errors:
         click.secho(f"  {error}", fg="yellow")

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -58,7 +58,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
 
 
 class PipelineRow(Base):
@@ -201,8 +205,17 @@ def _is_disconnect(e: exc.DBAPIError) -> bool:
     text = str(e.orig).lower()
     if e.connection_invalidated:
         return True
-    markers = ("connection", "could not connect", "server closed", "network", "timeout",
-               "database is locked", "terminating", "shutting down", "broken pipe")
+    markers = (
+        "connection",
+        "could not connect",
+        "server closed",
+        "network",
+        "timeout",
+        "database is locked",
+        "terminating",
+        "shutting down",
+        "broken pipe",
+    )
     return any(m in text for m in markers)
 
 

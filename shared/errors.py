@@ -68,7 +68,9 @@ class PipelineError(PermanentError):
         self.problems = tuple(problems)
         self.source = source
         lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"{source} is not a valid pipeline ({len(self.problems)} problem(s)):\n{lines}")
+        super().__init__(
+            f"{source} is not a valid pipeline ({len(self.problems)} problem(s)):\n{lines}"
+        )
 
 
 class VariableError(PermanentError):

@@ -77,7 +77,7 @@ def event_data(event: CloudEvent) -> dict[str, Any]:
 def require(data: Mapping[str, Any], key: str, kind: type, event: CloudEvent) -> Any:
     """``data[key]`` if it is a ``kind``; otherwise an ``EventError`` saying what was expected."""
     value = data.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise EventError(
             f"event {event['id']} ({event['type']}): field {key!r} must be {kind.__name__}, "
             f"found {value!r}"

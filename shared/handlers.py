@@ -37,8 +37,13 @@ def on_trigger_event(event: CloudEvent, deps: Deps) -> dict[str, Any]:
             f"event {event['id']} ({event['type']}): 'versions' must map get names to versions"
         )
     started = start_build(
-        deps.sessions, pipeline=pipeline, job=job, sink=deps.sink, clock=deps.clock,
-        event_id=event["id"], versions=versions,
+        deps.sessions,
+        pipeline=pipeline,
+        job=job,
+        sink=deps.sink,
+        clock=deps.clock,
+        event_id=event["id"],
+        versions=versions,
     )
     return {"build_id": started.build_id, "number": started.number, "created": started.created}
 
@@ -53,16 +58,24 @@ def on_step_event(event: CloudEvent, deps: Deps) -> None:
                 deps.sessions,
                 build_id=events.require(data, "build_id", int, event),
                 step_id=events.require(data, "step_id", int, event),
-                runtime=deps.runtime, store_root=deps.settings.effective_store_root,
-                pod_settings=deps.pod_settings, sink=deps.sink, clock=deps.clock,
+                runtime=deps.runtime,
+                store_root=deps.settings.effective_store_root,
+                pod_settings=deps.pod_settings,
+                sink=deps.sink,
+                clock=deps.clock,
                 handles=deps.handles,
             )
         except NotFoundError as e:
             log.info("ignoring %s: %s", event["id"], e)
     elif type_ in events.POD_EVENTS:
         finish_step(
-            deps.sessions, pod=data, runtime=deps.runtime, logs=deps.logs,
-            store_root=deps.settings.effective_store_root, sink=deps.sink, clock=deps.clock,
+            deps.sessions,
+            pod=data,
+            runtime=deps.runtime,
+            logs=deps.logs,
+            store_root=deps.settings.effective_store_root,
+            sink=deps.sink,
+            clock=deps.clock,
         )
     else:
         raise EventError(
@@ -77,5 +90,9 @@ def on_reaper_event(event: CloudEvent, deps: Deps, *, dry_run: bool = False) -> 
         raise EventError(
             f"the reaper does not handle events of type {event['type']!r}; expected {events.PING!r}"
         )
-    return reap(deps.sessions, store_root=deps.settings.effective_store_root, clock=deps.clock,
-                dry_run=dry_run)
+    return reap(
+        deps.sessions,
+        store_root=deps.settings.effective_store_root,
+        clock=deps.clock,
+        dry_run=dry_run,
+    )

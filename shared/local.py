@@ -48,6 +48,10 @@ def resource_types_dir() -> Path:
     return next(iter(RESOURCE_DIRS.values())).parent
 
 
+def _ignore(_result: object) -> None:
+    """Handlers behind the bus answer nothing; the build is found by its event id instead."""
+
+
 class LocalCI:
     """A whole JetBridge in this process. Use as a context manager; it stops every pod on exit."""
 
@@ -72,7 +76,9 @@ class LocalCI:
         self.deps: Deps = build_deps(settings, sink=self.bus, runtime=self.runtime, clock=clock)
         upgrade(self.deps.engine)
         deps = self.deps
-        self.bus.subscribe(events.BUILD_REQUESTED, lambda e: handlers.on_trigger_event(e, deps))
+        self.bus.subscribe(
+            events.BUILD_REQUESTED, lambda e: _ignore(handlers.on_trigger_event(e, deps))
+        )
         self.bus.subscribe(events.STEP_READY, lambda e: handlers.on_step_event(e, deps))
         for type_ in events.POD_EVENTS:
             self.bus.subscribe(type_, lambda e: handlers.on_step_event(e, deps))
@@ -81,8 +87,11 @@ class LocalCI:
 
     def _pod_finished(self, pod: dict[str, Any]) -> None:
         name = pod.get("metadata", {}).get("name", "")
-        self.bus.emit(events.make_event(events.POD_UPDATE, pod, source=POD_EVENT_SOURCE,
-                                        subject=f"pods/{name}"))
+        self.bus.emit(
+            events.make_event(
+                events.POD_UPDATE, pod, source=POD_EVENT_SOURCE, subject=f"pods/{name}"
+            )
+        )
 
     def _tick(self, event: CloudEvent) -> None:
         self.last_report = handlers.on_reaper_event(event, self.deps)
@@ -97,26 +106,32 @@ class LocalCI:
         self.runtime.close()
         self.deps.engine.dispose()
 
-    def set_pipeline(self, name: str, config: str, variables: Mapping[str, Any] | None = None) -> None:
+    def set_pipeline(
+        self, name: str, config: str, variables: Mapping[str, Any] | None = None
+    ) -> None:
         """Store the pipeline; its git repositories on this machine become reachable from pods."""
         with transaction(self.deps.sessions) as session:
-            row = save_pipeline(session, name=name, config=config, variables=variables,
-                                clock=self.deps.clock)
+            row = save_pipeline(
+                session, name=name, config=config, variables=variables, clock=self.deps.clock
+            )
             model = load(row)
         for resource in model.resources:
             path = local_repository(resource.source.get("uri")) if resource.type == "git" else None
             if path is not None:
                 self.runtime.share(path)
 
-    def request_build(self, pipeline: str, job: str,
-                      versions: Mapping[str, Any] | None = None) -> str:
+    def request_build(
+        self, pipeline: str, job: str, versions: Mapping[str, Any] | None = None
+    ) -> str:
         """Send ``build.requested`` as the CLI or a webhook would; returns the event id."""
         event_id = uuid.uuid4().hex
-        self.bus.emit(events.make_event(
-            events.BUILD_REQUESTED,
-            {"pipeline": pipeline, "job": job, "versions": dict(versions or {})},
-            id_=event_id,
-        ))
+        self.bus.emit(
+            events.make_event(
+                events.BUILD_REQUESTED,
+                {"pipeline": pipeline, "job": job, "versions": dict(versions or {})},
+                id_=event_id,
+            )
+        )
         return event_id
 
     def build_for(self, pipeline: str, event_id: str) -> BuildRow | None:
@@ -127,8 +142,14 @@ class LocalCI:
                 .where(PipelineRow.name == pipeline, BuildRow.event_id == event_id)
             ).one_or_none()
 
-    def run_build(self, pipeline: str, job: str, *, timeout: float = 3600,
-                  versions: Mapping[str, Any] | None = None) -> BuildRow:
+    def run_build(
+        self,
+        pipeline: str,
+        job: str,
+        *,
+        timeout: float = 3600,
+        versions: Mapping[str, Any] | None = None,
+    ) -> BuildRow:
         """Run one build of ``job`` to its end and return it (then one reaper tick)."""
         event_id = self.request_build(pipeline, job, versions)
         state: dict[str, BuildRow | None] = {"build": None}
@@ -155,4 +176,3 @@ class LocalCI:
         self.bus.drain()
         assert self.last_report is not None
         return self.last_report
-

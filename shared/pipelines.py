@@ -35,8 +35,15 @@ def save_pipeline(
     row = session.scalars(select(PipelineRow).where(PipelineRow.name == name)).one_or_none()
     now = clock()
     if row is None:
-        row = PipelineRow(name=name, config=config, variables=variables, config_hash=digest,
-                          paused=False, created_at=now, updated_at=now)
+        row = PipelineRow(
+            name=name,
+            config=config,
+            variables=variables,
+            config_hash=digest,
+            paused=False,
+            created_at=now,
+            updated_at=now,
+        )
         session.add(row)
     elif row.config_hash != digest:
         row.config = config

@@ -136,7 +136,9 @@ def compile_plan(
 
 
 class _Compiler:
-    def __init__(self, pipeline: Pipeline, job: Job, versions: dict[str, Mapping[str, Any]]) -> None:
+    def __init__(
+        self, pipeline: Pipeline, job: Job, versions: dict[str, Mapping[str, Any]]
+    ) -> None:
         self.pipeline = pipeline
         self.job = job
         self.versions = versions
@@ -278,8 +280,9 @@ def with_version(spec: StepSpec, version: Mapping[str, Any]) -> StepSpec:
     """A get whose version was found by its check step, ready to run."""
     assert spec.resource is not None
     call = replace(spec.resource, version=dict(version))
-    return replace(spec, resource=call, env={**spec.env, REQUEST_ENV: _request(call)},
-                   version_from=None)
+    return replace(
+        spec, resource=call, env={**spec.env, REQUEST_ENV: _request(call)}, version_from=None
+    )
 
 
 def _resource_command(script: str, target: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes.client import (
     V1Capabilities,
@@ -88,7 +89,7 @@ class PodSettings:
     limits: Mapping[str, str] = field(default_factory=dict)
     image_pull_secrets: tuple[str, ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: tuple[Mapping[str, str], ...] = ()
+    tolerations: tuple[Mapping[str, Any], ...] = ()
 
 
 def pod_name(ids: PodIds, step_name: str) -> str:
@@ -182,7 +183,7 @@ def build_step_pod(
             image_pull_secrets=[V1LocalObjectReference(name=s) for s in settings.image_pull_secrets]
             or None,
             node_selector=dict(settings.node_selector) or None,
-            tolerations=[V1Toleration(**t) for t in settings.tolerations] or None,
+            tolerations=[V1Toleration(**dict(t)) for t in settings.tolerations] or None,
         ),
     )
 

@@ -64,7 +64,9 @@ def outcome(pod: Mapping[str, Any], *, kind: str, name: str) -> Outcome | None:
     phase = status.get("phase")
     terminated = _terminated(status)
     what = f"{kind} {name!r}"
-    if phase == "Succeeded" or (terminated and terminated.get("exitCode") == 0 and phase != "Failed"):
+    if phase == "Succeeded" or (
+        terminated and terminated.get("exitCode") == 0 and phase != "Failed"
+    ):
         return Outcome(
             status=st.SUCCEEDED,
             exit_code=0,
@@ -75,17 +77,32 @@ def outcome(pod: Mapping[str, Any], *, kind: str, name: str) -> Outcome | None:
     reason = status.get("reason") or (terminated or {}).get("reason")
     exit_code = (terminated or {}).get("exitCode")
     if reason == "DeadlineExceeded":
-        return Outcome(status=st.ERRORED, exit_code=exit_code, reason=reason,
-                       message=f"{what} timed out: it ran past its deadline and was stopped")
+        return Outcome(
+            status=st.ERRORED,
+            exit_code=exit_code,
+            reason=reason,
+            message=f"{what} timed out: it ran past its deadline and was stopped",
+        )
     if reason == "ContainerCannotRun":
         detail = (terminated or {}).get("message") or "the command could not start"
-        return Outcome(status=st.ERRORED, exit_code=exit_code, reason=reason,
-                       message=f"{what} could not run: {detail.strip()}")
+        return Outcome(
+            status=st.ERRORED,
+            exit_code=exit_code,
+            reason=reason,
+            message=f"{what} could not run: {detail.strip()}",
+        )
     if exit_code is None:
-        return Outcome(status=st.ERRORED, reason=reason,
-                       message=f"{what} ended without an exit code ({reason or 'unknown reason'})")
-    return Outcome(status=st.FAILED, exit_code=exit_code, reason=reason,
-                   message=f"{what} exited with code {exit_code}")
+        return Outcome(
+            status=st.ERRORED,
+            reason=reason,
+            message=f"{what} ended without an exit code ({reason or 'unknown reason'})",
+        )
+    return Outcome(
+        status=st.FAILED,
+        exit_code=exit_code,
+        reason=reason,
+        message=f"{what} exited with code {exit_code}",
+    )
 
 
 def _terminated(status: Mapping[str, Any]) -> Mapping[str, Any] | None:

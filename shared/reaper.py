@@ -39,7 +39,9 @@ class ReapReport:
 
     def summary(self) -> str:
         verb = "would reap" if self.dry_run else "reaped"
-        text = f"{verb} {self.artifacts_found if self.dry_run else self.artifacts_reaped} artifact(s)"
+        text = (
+            f"{verb} {self.artifacts_found if self.dry_run else self.artifacts_reaped} artifact(s)"
+        )
         if not self.dry_run:
             text += f", {self.bytes_freed} bytes freed"
         if self.errors:
@@ -65,7 +67,8 @@ def reap(
                 .join(BuildRow, BuildRow.id == ArtifactRow.build_id)
                 .where(
                     ArtifactRow.id > last_id,
-                    BuildRow.status.in_(st.BUILD_TERMINAL) | (ArtifactRow.state == artifacts.REAPING),
+                    BuildRow.status.in_(st.BUILD_TERMINAL)
+                    | (ArtifactRow.state == artifacts.REAPING),
                 )
                 .order_by(ArtifactRow.id)
                 .limit(BATCH)

@@ -109,6 +109,7 @@ def _convert(name: str, type_name: str, raw: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigurationError(f"{env_name(name)} must be a whole number, found {raw!r}") from None
+            raise ConfigurationError(
+                f"{env_name(name)} must be a whole number, found {raw!r}"
+            ) from None
     return raw
-

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import artifacts, events, podstatus
+from shared import artifacts, podstatus
 from shared import status as st
 from shared.builds import advance_build, step_finished_event
 from shared.db import ArtifactRow, BuildRow, PipelineRow, SessionFactory, StepRow, transaction
@@ -74,13 +74,23 @@ def launch_step(
             to_emit = step_finished_event(build_id, step)
         else:
             to_emit = None
-            ids = PodIds(pipeline=pipeline.name, job=build.job_name, build_id=build_id,
-                         step_id=step.id, step_key=step.key, attempt=step.attempt)
+            ids = PodIds(
+                pipeline=pipeline.name,
+                job=build.job_name,
+                build_id=build_id,
+                step_id=step.id,
+                step_key=step.key,
+                attempt=step.attempt,
+            )
             name = pod_name(ids, spec.name)
             if step.status == st.SCHEDULED:
                 outputs = artifacts.register(
-                    session, build_id=build_id, step_id=step.id,
-                    names=[o.name for o in spec.outputs], clock=clock, handles=handles,
+                    session,
+                    build_id=build_id,
+                    step_id=step.id,
+                    names=[o.name for o in spec.outputs],
+                    clock=clock,
+                    handles=handles,
                 )
                 session.execute(
                     update(StepRow)
@@ -88,14 +98,16 @@ def launch_step(
                     .values(status=st.RUNNING, pod_name=name, started_at=clock())
                 )
             else:
-                outputs = list(session.scalars(
-                    select(ArtifactRow).where(ArtifactRow.step_id == step.id)
-                ).all())
+                outputs = list(
+                    session.scalars(select(ArtifactRow).where(ArtifactRow.step_id == step.id)).all()
+                )
             by_name = {o.name: o for o in outputs}
-            mounts = [Mount(subpath=a.subpath, mount=b.mount, read_only=True)
-                      for b, a in inputs]
-            mounts += [Mount(subpath=by_name[o.name].subpath, mount=o.mount, read_only=False)
-                       for o in spec.outputs if o.name in by_name]
+            mounts = [Mount(subpath=a.subpath, mount=b.mount, read_only=True) for b, a in inputs]
+            mounts += [
+                Mount(subpath=by_name[o.name].subpath, mount=o.mount, read_only=False)
+                for o in spec.outputs
+                if o.name in by_name
+            ]
             pod = build_step_pod(spec, ids=ids, mounts=mounts, settings=pod_settings)
     if to_emit is not None:
         sink.emit(to_emit)
@@ -192,8 +204,15 @@ def finish_step(
         step = session.get(StepRow, ref.step_id)
         assert step is not None
         if step.status == st.RUNNING and step.pod_name == ref.name and step.attempt == ref.attempt:
-            _finish(session, step, outcome.status, error=message, clock=clock,
-                    exit_code=outcome.exit_code, result=dict(outcome.result))
+            _finish(
+                session,
+                step,
+                outcome.status,
+                error=message,
+                clock=clock,
+                exit_code=outcome.exit_code,
+                result=dict(outcome.result),
+            )
             if outcome.status == st.SUCCEEDED:
                 for row in session.scalars(
                     select(ArtifactRow).where(ArtifactRow.step_id == step.id)
@@ -211,14 +230,25 @@ def finish_step(
 
 
 def _finish(
-    session: Session, step: StepRow, status: str, *, error: str | None, clock: Clock,
-    exit_code: int | None = None, result: Mapping[str, Any] | None = None,
+    session: Session,
+    step: StepRow,
+    status: str,
+    *,
+    error: str | None,
+    clock: Clock,
+    exit_code: int | None = None,
+    result: Mapping[str, Any] | None = None,
 ) -> bool:
     moved = session.execute(
         update(StepRow)
         .where(StepRow.id == step.id, StepRow.status == step.status)
-        .values(status=status, error=error, exit_code=exit_code, result=dict(result or {}),
-                finished_at=clock())
+        .values(
+            status=status,
+            error=error,
+            exit_code=exit_code,
+            result=dict(result or {}),
+            finished_at=clock(),
+        )
     )
     if moved.rowcount:  # type: ignore[attr-defined]
         step.status, step.error, step.exit_code = status, error, exit_code

@@ -63,8 +63,15 @@ class FakeRuntime:
         self.deleted.append(name)
         self.pods.pop(name, None)
 
-    def finish(self, name: str, exit_code: int = 0, *, message: str = "",
-               reason: str | None = None, log: bytes = b"") -> PodDict:
+    def finish(
+        self,
+        name: str,
+        exit_code: int = 0,
+        *,
+        message: str = "",
+        reason: str | None = None,
+        log: bytes = b"",
+    ) -> PodDict:
         """End a pod as the kubelet would and return it (the pod-update event's data)."""
         pod = self.pods[name]
         terminated: dict[str, Any] = {

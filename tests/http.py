@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def serve_function(name: str, target: str = "handle") -> Iterator[str]:
     """Serve ``functions/<name>/main.py`` as Knative would; yields its base URL."""
     app = functions_framework.create_app(
-        target=target, source=str(ROOT / "functions" / name / "main.py"),
+        target=target,
+        source=str(ROOT / "functions" / name / "main.py"),
         signature_type="cloudevent",
     )
     server = make_server("127.0.0.1", 0, app, threaded=True)

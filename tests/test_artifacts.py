@@ -27,10 +27,12 @@ def dirs_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_dir()] if root.exists() else []
 
 
-def test_create_registers_the_row_then_the_directory(sessions: Any, tmp_path: Path,
-                                                     clock: FakeClock) -> None:
-    row, path = artifacts.create_artifact(sessions, root=tmp_path, name="dist", clock=clock,
-                                          handles=Handles())
+def test_create_registers_the_row_then_the_directory(
+    sessions: Any, tmp_path: Path, clock: FakeClock
+) -> None:
+    row, path = artifacts.create_artifact(
+        sessions, root=tmp_path, name="dist", clock=clock, handles=Handles()
+    )
     assert row.state == artifacts.CREATING
     assert row.subpath == "artifacts/adhoc/h0001"
     assert path == (tmp_path / "artifacts/adhoc/h0001").resolve() and path.is_dir()
@@ -52,15 +54,17 @@ def test_create_registers_the_row_then_the_directory(sessions: Any, tmp_path: Pa
     [None, Settings(runtime="kubernetes").effective_store_root],
     ids=["unset", "cluster-without-claim-mount"],
 )
-def test_no_store_root_is_a_clear_error_and_writes_nothing(sessions: Any, clock: FakeClock,
-                                                           root: Path | None) -> None:
+def test_no_store_root_is_a_clear_error_and_writes_nothing(
+    sessions: Any, clock: FakeClock, root: Path | None
+) -> None:
     with pytest.raises(ConfigurationError, match="artifact store root is not configured"):
         artifacts.create_artifact(sessions, root=root, name="dist", clock=clock)
     assert count_rows(sessions) == 0
 
 
-def test_a_failed_registration_leaves_no_directory(sessions: Any, engine: Any, tmp_path: Path,
-                                                   clock: FakeClock) -> None:
+def test_a_failed_registration_leaves_no_directory(
+    sessions: Any, engine: Any, tmp_path: Path, clock: FakeClock
+) -> None:
     with engine.begin() as conn:  # the database refuses the insert
         conn.execute(text("DROP TABLE artifacts"))
     with pytest.raises(Exception, match="artifacts"):
@@ -68,15 +72,29 @@ def test_a_failed_registration_leaves_no_directory(sessions: Any, engine: Any, t
     assert dirs_under(tmp_path) == []
 
 
-def test_a_crash_between_row_and_directory_is_reapable(sessions: Any, tmp_path: Path,
-                                                       clock: FakeClock) -> None:
+def test_a_crash_between_row_and_directory_is_reapable(
+    sessions: Any, tmp_path: Path, clock: FakeClock
+) -> None:
     with transaction(sessions) as session:
-        pipeline = PipelineRow(name="p", config="", variables={}, config_hash="", paused=False,
-                               created_at=clock(), updated_at=clock())
+        pipeline = PipelineRow(
+            name="p",
+            config="",
+            variables={},
+            config_hash="",
+            paused=False,
+            created_at=clock(),
+            updated_at=clock(),
+        )
         session.add(pipeline)
         session.flush()
-        build = BuildRow(pipeline_id=pipeline.id, job_name="j", number=1, status="errored",
-                         versions={}, created_at=clock())
+        build = BuildRow(
+            pipeline_id=pipeline.id,
+            job_name="j",
+            number=1,
+            status="errored",
+            versions={},
+            created_at=clock(),
+        )
         session.add(build)
         session.flush()
         artifacts.register(session, build_id=build.id, step_id=None, names=["dist"], clock=clock)
@@ -86,8 +104,9 @@ def test_a_crash_between_row_and_directory_is_reapable(sessions: Any, tmp_path: 
     assert count_rows(sessions) == 0
 
 
-def test_stream_out_then_in_round_trips_with_the_same_digest(sessions: Any, tmp_path: Path,
-                                                            clock: FakeClock) -> None:
+def test_stream_out_then_in_round_trips_with_the_same_digest(
+    sessions: Any, tmp_path: Path, clock: FakeClock
+) -> None:
     root = tmp_path / "store"
     row, path = artifacts.create_artifact(sessions, root=root, name="src", clock=clock)
     (path / "sub").mkdir()
@@ -106,8 +125,9 @@ def test_stream_out_then_in_round_trips_with_the_same_digest(sessions: Any, tmp_
         assert session.get(ArtifactRow, copy.id).digest == digest  # type: ignore[union-attr]
 
 
-def test_a_bad_archive_leaves_no_row_and_no_directory(sessions: Any, tmp_path: Path,
-                                                      clock: FakeClock) -> None:
+def test_a_bad_archive_leaves_no_row_and_no_directory(
+    sessions: Any, tmp_path: Path, clock: FakeClock
+) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("../escape.txt")
@@ -124,15 +144,19 @@ def test_a_bad_archive_leaves_no_row_and_no_directory(sessions: Any, tmp_path: P
     assert not (root / "escape.txt").exists() and not (tmp_path / "escape.txt").exists()
 
 
-def test_stream_out_of_an_unready_artifact_is_refused(sessions: Any, tmp_path: Path,
-                                                      clock: FakeClock) -> None:
+def test_stream_out_of_an_unready_artifact_is_refused(
+    sessions: Any, tmp_path: Path, clock: FakeClock
+) -> None:
     row, _ = artifacts.create_artifact(sessions, root=tmp_path, name="dist", clock=clock)
     with pytest.raises(NotFoundError, match="it is creating"):
         artifacts.stream_out(sessions, row.handle, io.BytesIO(), root=tmp_path)
 
 
-@pytest.mark.parametrize("subpath", ["../outside", "/etc", "artifacts/../../x", "."],
-                         ids=["dotdot", "absolute", "nested-dotdot", "root-itself"])
+@pytest.mark.parametrize(
+    "subpath",
+    ["../outside", "/etc", "artifacts/../../x", "."],
+    ids=["dotdot", "absolute", "nested-dotdot", "root-itself"],
+)
 def test_subpaths_never_resolve_outside_the_store(tmp_path: Path, subpath: str) -> None:
     with pytest.raises(artifacts.ArtifactStoreError, match="does not resolve inside"):
         artifacts.resolve(tmp_path, subpath)

@@ -72,25 +72,47 @@ class Driver:
         with transaction(sessions) as session:
             save_pipeline(session, name="demo", config=PIPELINE, clock=clock)
 
-    def start(self, event_id: str | None = None,
-              versions: dict[str, dict[str, str]] | None = None) -> int:
-        return start_build(self.sessions, pipeline="demo", job="build", sink=self.sink,
-                           clock=self.clock, event_id=event_id, versions=versions).build_id
+    def start(
+        self, event_id: str | None = None, versions: dict[str, dict[str, str]] | None = None
+    ) -> int:
+        return start_build(
+            self.sessions,
+            pipeline="demo",
+            job="build",
+            sink=self.sink,
+            clock=self.clock,
+            event_id=event_id,
+            versions=versions,
+        ).build_id
 
     def ready_events(self) -> list[Any]:
         return [e for e in self.sink.events if e["type"] == events.STEP_READY]
 
     def launch(self, event: Any) -> str | None:
         data = event_data(event)
-        return launch_step(self.sessions, build_id=data["build_id"], step_id=data["step_id"],
-                           runtime=self.runtime, store_root=self.store,
-                           pod_settings=PodSettings(claim="store"), sink=self.sink,
-                           clock=self.clock, handles=self.handles)
+        return launch_step(
+            self.sessions,
+            build_id=data["build_id"],
+            step_id=data["step_id"],
+            runtime=self.runtime,
+            store_root=self.store,
+            pod_settings=PodSettings(claim="store"),
+            sink=self.sink,
+            clock=self.clock,
+            handles=self.handles,
+        )
 
     def finish(self, name: str, exit_code: int = 0, **kwargs: Any) -> str | None:
         pod = self.runtime.finish(name, exit_code, **kwargs)
-        return finish_step(self.sessions, pod=pod, runtime=self.runtime, logs=self.logs,
-                           store_root=self.store, sink=self.sink, clock=self.clock)
+        return finish_step(
+            self.sessions,
+            pod=pod,
+            runtime=self.runtime,
+            logs=self.logs,
+            store_root=self.store,
+            sink=self.sink,
+            clock=self.clock,
+        )
 
     def step(self, build_id: int, name: str, kind: str | None = None) -> StepRow:
         """The step called ``name`` (not its check step, unless ``kind="check"``)."""
@@ -122,8 +144,12 @@ class Driver:
                 if name is None:
                     continue
                 step_name = _step_name(self, event)
-                self.finish(name, fail.get(step_name, 0), log=f"log of {step_name}\n".encode(),
-                            message=CHECKED if self.kind_of(event) == "check" else "")
+                self.finish(
+                    name,
+                    fail.get(step_name, 0),
+                    log=f"log of {step_name}\n".encode(),
+                    message=CHECKED if self.kind_of(event) == "check" else "",
+                )
 
     def kind_of(self, event: Any) -> str:
         with transaction(self.sessions) as session:
@@ -165,8 +191,11 @@ def test_a_build_runs_step_by_step_to_success(driver: Driver) -> None:
 def test_in_parallel_branches_are_announced_together(driver: Driver) -> None:
     build_id = driver.start()
     for name, kind in (("repo", "check"), ("repo", None), ("compile", None)):
-        (event,) = [e for e in driver.ready_events()
-                    if event_data(e)["step_id"] == driver.step(build_id, name, kind).id]
+        (event,) = [
+            e
+            for e in driver.ready_events()
+            if event_data(e)["step_id"] == driver.step(build_id, name, kind).id
+        ]
         pod = driver.launch(event)
         assert pod is not None
         driver.finish(pod, message=CHECKED if kind == "check" else "")
@@ -189,10 +218,22 @@ def test_a_failing_task_skips_what_waits_for_it_and_fails_the_build(driver: Driv
 
 
 def test_the_same_event_twice_starts_one_build(driver: Driver) -> None:
-    first = start_build(driver.sessions, pipeline="demo", job="build", sink=driver.sink,
-                        clock=driver.clock, event_id="delivery-1")
-    second = start_build(driver.sessions, pipeline="demo", job="build", sink=driver.sink,
-                         clock=driver.clock, event_id="delivery-1")
+    first = start_build(
+        driver.sessions,
+        pipeline="demo",
+        job="build",
+        sink=driver.sink,
+        clock=driver.clock,
+        event_id="delivery-1",
+    )
+    second = start_build(
+        driver.sessions,
+        pipeline="demo",
+        job="build",
+        sink=driver.sink,
+        clock=driver.clock,
+        event_id="delivery-1",
+    )
     assert first.created and not second.created
     assert first.build_id == second.build_id
     with transaction(driver.sessions) as session:
@@ -238,7 +279,9 @@ def test_a_check_that_finds_nothing_errors_the_get(driver: Driver) -> None:
     assert driver.launch(get_ready) is None  # nothing to launch: no version to fetch
     get = driver.step(build_id, "repo")
     assert get.status == st.ERRORED
-    assert get.error == "get 'repo' cannot start: resource 'repo' has no versions (check found none)"
+    assert (
+        get.error == "get 'repo' cannot start: resource 'repo' has no versions (check found none)"
+    )
 
 
 def test_a_finished_pod_reported_twice_is_recorded_once(driver: Driver) -> None:
@@ -247,18 +290,37 @@ def test_a_finished_pod_reported_twice_is_recorded_once(driver: Driver) -> None:
     assert pod is not None
     data = driver.runtime.finish(pod, 0)
     for _ in range(2):
-        finish_step(driver.sessions, pod=data, runtime=driver.runtime, logs=driver.logs,
-                    store_root=driver.store, sink=driver.sink, clock=driver.clock)
+        finish_step(
+            driver.sessions,
+            pod=data,
+            runtime=driver.runtime,
+            logs=driver.logs,
+            store_root=driver.store,
+            sink=driver.sink,
+            clock=driver.clock,
+        )
     finished = [e for e in driver.sink.events if e["type"] == events.STEP_FINISHED]
     assert len(finished) == 1
     assert driver.step(build_id, "repo").status == st.SUCCEEDED
 
 
 def test_pods_jetbridge_does_not_own_are_ignored(driver: Driver) -> None:
-    foreign = {"metadata": {"name": "web-1", "labels": {"app": "web"}},
-               "status": {"phase": "Failed"}}
-    assert finish_step(driver.sessions, pod=foreign, runtime=driver.runtime, logs=driver.logs,
-                       store_root=driver.store, sink=driver.sink, clock=driver.clock) is None
+    foreign = {
+        "metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "status": {"phase": "Failed"},
+    }
+    assert (
+        finish_step(
+            driver.sessions,
+            pod=foreign,
+            runtime=driver.runtime,
+            logs=driver.logs,
+            store_root=driver.store,
+            sink=driver.sink,
+            clock=driver.clock,
+        )
+        is None
+    )
     assert driver.sink.events == []
 
 
@@ -268,8 +330,15 @@ def test_a_running_pod_update_changes_nothing(driver: Driver) -> None:
     assert name is not None
     running = driver.runtime.read(name)
     assert running is not None
-    finish_step(driver.sessions, pod=running, runtime=driver.runtime, logs=driver.logs,
-                store_root=driver.store, sink=driver.sink, clock=driver.clock)
+    finish_step(
+        driver.sessions,
+        pod=running,
+        runtime=driver.runtime,
+        logs=driver.logs,
+        store_root=driver.store,
+        sink=driver.sink,
+        clock=driver.clock,
+    )
     assert driver.step(build_id, "repo").status == st.RUNNING
 
 
@@ -280,12 +349,18 @@ def test_an_input_whose_artifact_is_gone_errors_the_step(driver: Driver) -> None
     driver.finish(pod)
     with transaction(driver.sessions) as session:  # the artifact vanished (say, reaped by hand)
         session.execute(ArtifactRow.__table__.delete())
-    (event,) = [e for e in driver.ready_events()
-                if event_data(e)["step_id"] == driver.step(build_id, "compile").id]
+    (event,) = [
+        e
+        for e in driver.ready_events()
+        if event_data(e)["step_id"] == driver.step(build_id, "compile").id
+    ]
     assert driver.launch(event) is None
     compile_step = driver.step(build_id, "compile")
     assert compile_step.status == st.ERRORED
-    assert compile_step.error == "task 'compile' cannot start: input 'repo' from step 0 is not available"
+    assert (
+        compile_step.error
+        == "task 'compile' cannot start: input 'repo' from step 0 is not available"
+    )
     assert driver.build(build_id).status == st.ERRORED
 
 
@@ -299,10 +374,12 @@ def test_advance_is_idempotent(driver: Driver) -> None:
 
 def test_unknown_job_and_pipeline_are_named(driver: Driver) -> None:
     with pytest.raises(NotFoundError, match="no pipeline named 'nope'; pipelines: demo"):
-        start_build(driver.sessions, pipeline="nope", job="build", sink=driver.sink,
-                    clock=driver.clock)
+        start_build(
+            driver.sessions, pipeline="nope", job="build", sink=driver.sink, clock=driver.clock
+        )
     with pytest.raises(NotFoundError, match="no job 'deploy'"):
-        start_build(driver.sessions, pipeline="demo", job="deploy", sink=driver.sink,
-                    clock=driver.clock)
+        start_build(
+            driver.sessions, pipeline="demo", job="deploy", sink=driver.sink, clock=driver.clock
+        )
     with transaction(driver.sessions) as session:
         assert session.scalar(select(func.count()).select_from(BuildRow)) == 0

@@ -76,9 +76,16 @@ def test_trigger_starts_a_build_once_per_event(deps: Any, mode: str) -> None:
     [
         ({"job": "build"}, 400, "field 'pipeline' must be str, found None"),
         ({"pipeline": "nope", "job": "build"}, 404, "no pipeline named 'nope'; pipelines: demo"),
-        ({"pipeline": "demo", "job": "deploy"}, 404, "no job 'deploy' in the pipeline; jobs: build"),
-        ({"pipeline": "demo", "job": "build", "versions": [1]}, 400,
-         "'versions' must map get names to versions"),
+        (
+            {"pipeline": "demo", "job": "deploy"},
+            404,
+            "no job 'deploy' in the pipeline; jobs: build",
+        ),
+        (
+            {"pipeline": "demo", "job": "build", "versions": [1]},
+            400,
+            "'versions' must map get names to versions",
+        ),
     ],
     ids=["missing-field", "unknown-pipeline", "unknown-job", "bad-versions"],
 )
@@ -111,8 +118,9 @@ def test_step_runner_launches_the_announced_step(deps: Any) -> None:
 
 
 def test_a_database_that_is_down_answers_503_so_the_event_comes_again(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path,
-                        database_url="postgresql+pg8000://postgres@127.0.0.1:1/none")
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql+pg8000://postgres@127.0.0.1:1/none"
+    )
     deps = build_deps(settings, sink=RecordingSink(), runtime=FakeRuntime())
     app.install(deps)
     try:

@@ -68,10 +68,24 @@ def test_steps_come_in_plan_order_with_positional_keys(by_key: dict[str, StepSpe
 
 @pytest.mark.parametrize(
     ("key", "depends_on"),
-    [("0:check", ()), ("0", ("0:check",)), ("1", ("0",)), ("2.0", ("1",)), ("2.1:check", ("1",)),
-     ("2.1", ("2.1:check",)), ("3", ("2.0", "2.1"))],
-    ids=["first-check", "get-after-its-check", "sequence", "branch-a", "branch-b-check",
-         "branch-b-get", "after-in-parallel-waits-for-all"],
+    [
+        ("0:check", ()),
+        ("0", ("0:check",)),
+        ("1", ("0",)),
+        ("2.0", ("1",)),
+        ("2.1:check", ("1",)),
+        ("2.1", ("2.1:check",)),
+        ("3", ("2.0", "2.1")),
+    ],
+    ids=[
+        "first-check",
+        "get-after-its-check",
+        "sequence",
+        "branch-a",
+        "branch-b-check",
+        "branch-b-get",
+        "after-in-parallel-waits-for-all",
+    ],
 )
 def test_dependencies(by_key: dict[str, StepSpec], key: str, depends_on: tuple[str, ...]) -> None:
     assert by_key[key].depends_on == depends_on
@@ -83,7 +97,8 @@ def test_an_unpinned_get_takes_the_newest_version_its_check_finds(
     check, get = by_key["0:check"], by_key["0"]
     assert check.command[3] == f"{BUILTIN_TYPES_PATH}/git/check"
     assert json.loads(check.env[REQUEST_ENV]) == {
-        "source": {"uri": "https://example.com/r.git", "branch": "main"}, "version": None
+        "source": {"uri": "https://example.com/r.git", "branch": "main"},
+        "version": None,
     }
     assert get.version_from == "0:check"
     ready = with_version(get, {"ref": "abc"})
@@ -112,15 +127,19 @@ def test_get_runs_the_builtin_in_script_with_the_request(steps: dict[str, StepSp
     assert get.command[3] == f"{BUILTIN_TYPES_PATH}/git/in"
     assert [(o.name, o.mount) for o in get.outputs] == [("repo", "repo")]
     request = json.loads(get.env[REQUEST_ENV])
-    assert request == {"source": {"uri": "https://example.com/r.git", "branch": "main"},
-                       "params": {"depth": 1}}
+    assert request == {
+        "source": {"uri": "https://example.com/r.git", "branch": "main"},
+        "params": {"depth": 1},
+    }
 
 
 def test_put_sees_every_artifact_so_far(steps: dict[str, StepSpec]) -> None:
     put = steps["out"]
     assert put.command[3] == f"{BUILTIN_TYPES_PATH}/git/out"
     assert sorted((i.name, i.producer) for i in put.inputs) == [
-        ("bin", "1"), ("docs", "2.1"), ("repo", "0")
+        ("bin", "1"),
+        ("docs", "2.1"),
+        ("repo", "0"),
     ]
 
 

@@ -52,8 +52,12 @@ SLEEP = str(1_000_000 + os.getpid())
 WAIT_SECONDS = 30.0
 
 SANDBOXES = [
-    pytest.param("bwrap", marks=pytest.mark.skipif(
-        shutil.which("bwrap") is None, reason="bubblewrap (Debian package bubblewrap) is absent")),
+    pytest.param(
+        "bwrap",
+        marks=pytest.mark.skipif(
+            shutil.which("bwrap") is None, reason="bubblewrap (Debian package bubblewrap) is absent"
+        ),
+    ),
     pytest.param("links"),
 ]
 BWRAP_ONLY = [SANDBOXES[0]]
@@ -113,20 +117,24 @@ def make_pod(
         spec=V1PodSpec(
             restart_policy="Never",
             active_deadline_seconds=deadline,
-            containers=[V1Container(
-                name="step",
-                image=image,
-                command=list(command[:1]),
-                args=list(command[1:]) or None,
-                env=[V1EnvVar(name=k, value=v) for k, v in (env or {}).items()] or None,
-                working_dir=working_dir,
-                volume_mounts=volume_mounts,
-                termination_message_policy=termination_policy,
-            )],
+            containers=[
+                V1Container(
+                    name="step",
+                    image=image,
+                    command=list(command[:1]),
+                    args=list(command[1:]) or None,
+                    env=[V1EnvVar(name=k, value=v) for k, v in (env or {}).items()] or None,
+                    working_dir=working_dir,
+                    volume_mounts=volume_mounts,
+                    termination_message_policy=termination_policy,
+                )
+            ],
             volumes=[
                 V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
-                V1Volume(name=CLAIM, persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
-                    claim_name=CLAIM)),
+                V1Volume(
+                    name=CLAIM,
+                    persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=CLAIM),
+                ),
             ],
         ),
     )
@@ -229,16 +237,19 @@ def runtime(make_runtime: Callable[[], LocalRuntime]) -> LocalRuntime:
     return make_runtime()
 
 
-@pytest.mark.parametrize("working_dir", [WORKDIR, "/workspace/step"],
-                         ids=["workdir-in-tmp", "workdir-missing-on-host"])
+@pytest.mark.parametrize(
+    "working_dir", [WORKDIR, "/workspace/step"], ids=["workdir-in-tmp", "workdir-missing-on-host"]
+)
 def test_task_reads_an_input_and_writes_an_output(
     runtime: LocalRuntime, finished: Finished, store: Path, working_dir: str
 ) -> None:
     pod = make_pod(
         "copy",
         ["sh", "-c", "cat src/greeting.txt > out/result.txt && echo copied"],
-        mounts=[(f"{working_dir}/src", "builds/1/src", True),
-                (f"{working_dir}/out", "builds/1/out", False)],
+        mounts=[
+            (f"{working_dir}/src", "builds/1/src", True),
+            (f"{working_dir}/out", "builds/1/out", False),
+        ],
         working_dir=working_dir,
     )
     runtime.launch(pod)
@@ -253,8 +264,11 @@ def test_task_reads_an_input_and_writes_an_output(
 def test_a_read_only_input_cannot_be_written(
     runtime: LocalRuntime, finished: Finished, store: Path
 ) -> None:
-    pod = make_pod("vandal", ["sh", "-c", "echo defaced > src/greeting.txt"],
-                   mounts=[(f"{WORKDIR}/src", "builds/1/src", True)])
+    pod = make_pod(
+        "vandal",
+        ["sh", "-c", "echo defaced > src/greeting.txt"],
+        mounts=[(f"{WORKDIR}/src", "builds/1/src", True)],
+    )
     runtime.launch(pod)
 
     reported = finished.wait("vandal")
@@ -268,31 +282,70 @@ def test_a_read_only_input_cannot_be_written(
     ("script", "policy", "exit_code", "phase", "reason", "message"),
     [
         ("exit 0", None, 0, "Succeeded", "Completed", None),
-        ('printf "3 tests failed" > "$TERMINATION_LOG"; exit 3', None, 3, "Failed", "Error",
-         "3 tests failed"),
-        ('head -c 5000 /dev/zero | tr "\\0" x > "$TERMINATION_LOG"', None, 0, "Succeeded",
-         "Completed", "x" * 4096),
+        (
+            'printf "3 tests failed" > "$TERMINATION_LOG"; exit 3',
+            None,
+            3,
+            "Failed",
+            "Error",
+            "3 tests failed",
+        ),
+        (
+            'head -c 5000 /dev/zero | tr "\\0" x > "$TERMINATION_LOG"',
+            None,
+            0,
+            "Succeeded",
+            "Completed",
+            "x" * 4096,
+        ),
         ("kill -9 $$$$", None, 137, "Failed", "Error", None),  # $$ is Kubernetes' escape for $
-        ("echo noise; echo last words; exit 1", "FallbackToLogsOnError", 1, "Failed", "Error",
-         "noise\nlast words\n"),
+        (
+            "echo noise; echo last words; exit 1",
+            "FallbackToLogsOnError",
+            1,
+            "Failed",
+            "Error",
+            "noise\nlast words\n",
+        ),
         ("echo fine", "FallbackToLogsOnError", 0, "Succeeded", "Completed", None),
     ],
-    ids=["success", "failure-with-message", "message-cut-at-4096-bytes", "killed-by-signal",
-         "fallback-to-logs-on-error", "no-fallback-on-success"],
+    ids=[
+        "success",
+        "failure-with-message",
+        "message-cut-at-4096-bytes",
+        "killed-by-signal",
+        "fallback-to-logs-on-error",
+        "no-fallback-on-success",
+    ],
 )
 def test_exit_code_and_termination_message_reach_on_finish_and_read(
-    runtime: LocalRuntime, finished: Finished, script: str, policy: str | None,
-    exit_code: int, phase: str, reason: str, message: str | None,
+    runtime: LocalRuntime,
+    finished: Finished,
+    script: str,
+    policy: str | None,
+    exit_code: int,
+    phase: str,
+    reason: str,
+    message: str | None,
 ) -> None:
     # The pod builder passes paths as values, which the links sandbox rewrites.
-    runtime.launch(make_pod("ending", ["sh", "-c", script], termination_policy=policy,
-                            env={"TERMINATION_LOG": "/dev/termination-log"}))
+    runtime.launch(
+        make_pod(
+            "ending",
+            ["sh", "-c", script],
+            termination_policy=policy,
+            env={"TERMINATION_LOG": "/dev/termination-log"},
+        )
+    )
 
     reported = finished.wait("ending")
     assert reported["status"]["phase"] == phase
     state = terminated(reported)
     assert (state["exitCode"], state["reason"], state.get("message")) == (
-        exit_code, reason, message)
+        exit_code,
+        reason,
+        message,
+    )
     assert runtime.read("ending") == reported
 
 
@@ -312,8 +365,12 @@ def test_read_shows_the_pod_as_the_api_would(runtime: LocalRuntime, finished: Fi
     assert pod["status"]["startTime"] == STAMP
     status = pod["status"]["containerStatuses"][0]
     assert (status["name"], status["image"]) == ("step", "debian:12")
-    assert terminated(pod) == {"exitCode": 0, "reason": "Completed",
-                               "startedAt": STAMP, "finishedAt": STAMP}
+    assert terminated(pod) == {
+        "exitCode": 0,
+        "reason": "Completed",
+        "startedAt": STAMP,
+        "finishedAt": STAMP,
+    }
 
 
 def test_logs_interleave_stdout_and_stderr(runtime: LocalRuntime, finished: Finished) -> None:
@@ -326,7 +383,11 @@ def test_logs_interleave_stdout_and_stderr(runtime: LocalRuntime, finished: Fini
 
 
 def test_working_dir_and_env_are_honoured(
-    runtime: LocalRuntime, finished: Finished, store: Path, sandbox: str, tmp_path: Path,
+    runtime: LocalRuntime,
+    finished: Finished,
+    store: Path,
+    sandbox: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("JETBRIDGE_HOST_ONLY", "leaked")
@@ -335,10 +396,13 @@ def test_working_dir_and_env_are_honoured(
         'echo "home=$HOME"; ls; pwd > out/pwd'
     )
     pod = make_pod(
-        "env", ["sh", "-c", script],
+        "env",
+        ["sh", "-c", script],
         env={"GREETING": "hello", "TARGET": "world", "AGAIN": "$(GREETING) again"},
-        mounts=[(f"{WORKDIR}/src", "builds/1/src", True),
-                (f"{WORKDIR}/out", "builds/1/out", False)],
+        mounts=[
+            (f"{WORKDIR}/src", "builds/1/src", True),
+            (f"{WORKDIR}/out", "builds/1/out", False),
+        ],
     )
     runtime.launch(pod)
     reported = finished.wait("env")
@@ -369,11 +433,12 @@ def test_the_deadline_kills_the_pod_and_reports_deadline_exceeded(
     assert processes_running("sleep", SLEEP) == []
 
 
-def test_launching_twice_runs_once(
-    runtime: LocalRuntime, finished: Finished, store: Path
-) -> None:
-    pod = make_pod("once", ["sh", "-c", "echo ran >> out/runs"],
-                   mounts=[(f"{WORKDIR}/out", "builds/1/out", False)])
+def test_launching_twice_runs_once(runtime: LocalRuntime, finished: Finished, store: Path) -> None:
+    pod = make_pod(
+        "once",
+        ["sh", "-c", "echo ran >> out/runs"],
+        mounts=[(f"{WORKDIR}/out", "builds/1/out", False)],
+    )
     threads = [threading.Thread(target=runtime.launch, args=(pod,)) for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -436,10 +501,17 @@ def test_an_image_bind_provides_the_resource_scripts(
     runtime: LocalRuntime, finished: Finished, store: Path
 ) -> None:
     out = f"{WORKDIR}/out"
-    runtime.launch(make_pod("get", ["/opt/resource/in", out], image=RESOURCE_IMAGE,
-                            mounts=[(out, "builds/1/out", False)]))
-    runtime.launch(make_pod("other-image", ["/opt/resource/in", out],
-                            mounts=[(out, "builds/1/other", False)]))
+    runtime.launch(
+        make_pod(
+            "get",
+            ["/opt/resource/in", out],
+            image=RESOURCE_IMAGE,
+            mounts=[(out, "builds/1/out", False)],
+        )
+    )
+    runtime.launch(
+        make_pod("other-image", ["/opt/resource/in", out], mounts=[(out, "builds/1/other", False)])
+    )
 
     reported = finished.wait("get")
     assert reported["status"]["phase"] == "Succeeded", runtime.logs("get")
@@ -472,8 +544,10 @@ def _with_value_from(spec: V1PodSpec) -> None:
 
 
 def _with_host_path(spec: V1PodSpec) -> None:
-    spec.volumes = [*(spec.volumes or []),
-                    V1Volume(name="host", host_path=V1HostPathVolumeSource(path="/"))]
+    spec.volumes = [
+        *(spec.volumes or []),
+        V1Volume(name="host", host_path=V1HostPathVolumeSource(path="/")),
+    ]
 
 
 def _with_init_container(spec: V1PodSpec) -> None:
@@ -489,9 +563,13 @@ def _with_probe(spec: V1PodSpec) -> None:
 
 
 def _with_unknown_claim(spec: V1PodSpec) -> None:
-    spec.volumes = [V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
-                    V1Volume(name=CLAIM, persistent_volume_claim=(
-                        V1PersistentVolumeClaimVolumeSource(claim_name="elsewhere")))]
+    spec.volumes = [
+        V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
+        V1Volume(
+            name=CLAIM,
+            persistent_volume_claim=(V1PersistentVolumeClaimVolumeSource(claim_name="elsewhere")),
+        ),
+    ]
 
 
 def _with_restarts(spec: V1PodSpec) -> None:
@@ -514,8 +592,16 @@ def _without_command(spec: V1PodSpec) -> None:
         (_with_restarts, r"spec\.restartPolicy"),
         (_without_command, r"spec\.containers\[0\]\.command is required"),
     ],
-    ids=["value-from", "host-path", "init-container", "two-containers", "probe",
-         "unknown-claim", "restart-policy", "no-command"],
+    ids=[
+        "value-from",
+        "host-path",
+        "init-container",
+        "two-containers",
+        "probe",
+        "unknown-claim",
+        "restart-policy",
+        "no-command",
+    ],
 )
 def test_a_pod_the_runtime_cannot_honour_is_refused_naming_the_field(
     runtime: LocalRuntime, change: Callable[[V1PodSpec], None], field: str
@@ -547,8 +633,9 @@ def test_without_bubblewrap_a_warning_is_logged_once_per_process(
 ) -> None:
     monkeypatch.setattr("shared.runtime.local._links_warned", False)  # as in a fresh process
     for _ in range(2):
-        LocalRuntime(claims={}, work_root=tmp_path / "work", on_finish=lambda pod: None,
-                     sandbox="links").close()
+        LocalRuntime(
+            claims={}, work_root=tmp_path / "work", on_finish=lambda pod: None, sandbox="links"
+        ).close()
 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [
@@ -562,6 +649,7 @@ def test_the_sandbox_must_exist_when_asked_for(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap here
     with pytest.raises(ConfigurationError, match="bubblewrap"):
-        LocalRuntime(claims={}, work_root=tmp_path / "work", on_finish=lambda pod: None,
-                     sandbox="bwrap")
+        LocalRuntime(
+            claims={}, work_root=tmp_path / "work", on_finish=lambda pod: None, sandbox="bwrap"
+        )
     assert os.environ["PATH"] == str(tmp_path)

@@ -41,8 +41,13 @@ ENV = {
 
 
 def git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", "-c", "init.defaultBranch=main", *args], cwd=cwd, env=ENV, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["git", "-c", "init.defaultBranch=main", *args],
+        cwd=cwd,
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def main(origin: Path) -> None:

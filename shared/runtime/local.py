@@ -133,22 +133,63 @@ _SANDBOX_OWN = frozenset({"/dev", "/proc", "/tmp"})
 # Fields the local runtime honours or knowingly ignores; any other field that is
 # set makes ``launch`` refuse the pod. Ignored ones only matter to a scheduler or a
 # container runtime (resources, security, placement, image pulling).
-_POD_SPEC_FIELDS = frozenset({
-    "containers", "volumes", "active_deadline_seconds", "restart_policy",
-    "affinity", "automount_service_account_token", "dns_policy", "enable_service_links",
-    "host_users", "image_pull_secrets", "node_name", "node_selector", "overhead",
-    "preemption_policy", "priority", "priority_class_name", "resources", "runtime_class_name",
-    "scheduler_name", "security_context", "service_account", "service_account_name",
-    "termination_grace_period_seconds", "tolerations", "topology_spread_constraints",
-})
-_CONTAINER_FIELDS = frozenset({
-    "name", "image", "command", "args", "env", "working_dir", "volume_mounts",
-    "termination_message_path", "termination_message_policy",
-    "image_pull_policy", "ports", "resize_policy", "resources", "security_context",
-})
-_MOUNT_FIELDS = frozenset({
-    "name", "mount_path", "sub_path", "read_only", "mount_propagation", "recursive_read_only",
-})
+_POD_SPEC_FIELDS = frozenset(
+    {
+        "containers",
+        "volumes",
+        "active_deadline_seconds",
+        "restart_policy",
+        "affinity",
+        "automount_service_account_token",
+        "dns_policy",
+        "enable_service_links",
+        "host_users",
+        "image_pull_secrets",
+        "node_name",
+        "node_selector",
+        "overhead",
+        "preemption_policy",
+        "priority",
+        "priority_class_name",
+        "resources",
+        "runtime_class_name",
+        "scheduler_name",
+        "security_context",
+        "service_account",
+        "service_account_name",
+        "termination_grace_period_seconds",
+        "tolerations",
+        "topology_spread_constraints",
+    }
+)
+_CONTAINER_FIELDS = frozenset(
+    {
+        "name",
+        "image",
+        "command",
+        "args",
+        "env",
+        "working_dir",
+        "volume_mounts",
+        "termination_message_path",
+        "termination_message_policy",
+        "image_pull_policy",
+        "ports",
+        "resize_policy",
+        "resources",
+        "security_context",
+    }
+)
+_MOUNT_FIELDS = frozenset(
+    {
+        "name",
+        "mount_path",
+        "sub_path",
+        "read_only",
+        "mount_propagation",
+        "recursive_read_only",
+    }
+)
 _VOLUME_FIELDS = frozenset({"name", "persistent_volume_claim", "empty_dir"})
 
 _links_warned = False
@@ -325,8 +366,13 @@ class LocalRuntime:
             record.scratch.mkdir(parents=True)
             with self._lock:
                 shared = sorted(self._shared_paths)
-            step = _parse_pod(pod, claims=self._claims, image_binds=self._image_binds,
-                              scratch=record.scratch, shared_paths=shared)
+            step = _parse_pod(
+                pod,
+                claims=self._claims,
+                image_binds=self._image_binds,
+                scratch=record.scratch,
+                shared_paths=shared,
+            )
             start = self._prepare(step, record.scratch)
             record.log_path.touch()
         except BaseException as e:
@@ -400,7 +446,9 @@ class LocalRuntime:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -443,9 +491,15 @@ class LocalRuntime:
         try:
             with record.log_path.open("ab") as log_file:
                 process = subprocess.Popen(
-                    argv, executable=start.executable, env=start.env, cwd=start.cwd,
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True,
+                    argv,
+                    executable=start.executable,
+                    env=start.env,
+                    cwd=start.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
                     pass_fds=(info_write,) if start.sandboxed else (),
                 )
         except OSError as e:
@@ -482,7 +536,8 @@ class LocalRuntime:
         returncode = process.wait()
         exit_code = 128 - returncode if returncode < 0 else returncode
         message = _termination_message(
-            step.termination_file, record.log_path,
+            step.termination_file,
+            record.log_path,
             fallback=step.fallback_to_logs and exit_code != 0,
         )
         with self._lock:
@@ -523,8 +578,12 @@ class LocalRuntime:
         metadata["uid"] = record.uid
         metadata["creationTimestamp"] = _rfc3339(record.created)
         container: dict[str, Any] = {
-            "name": record.container, "image": record.image, "imageID": "",
-            "restartCount": 0, "ready": False, "started": False,
+            "name": record.container,
+            "image": record.image,
+            "imageID": "",
+            "restartCount": 0,
+            "ready": False,
+            "started": False,
         }
         status: dict[str, Any] = {"containerStatuses": [container]}
         if record.start_time is not None:
@@ -561,9 +620,7 @@ class LocalRuntime:
 def _choose_sandbox(sandbox: str) -> str | None:
     """The bwrap executable to use, or ``None`` for links (warning once per process)."""
     if sandbox not in ("auto", "bwrap", "links"):
-        raise ConfigurationError(
-            f"sandbox must be 'auto', 'bwrap' or 'links'; found {sandbox!r}"
-        )
+        raise ConfigurationError(f"sandbox must be 'auto', 'bwrap' or 'links'; found {sandbox!r}")
     problem = None
     if sandbox != "links":
         bwrap = shutil.which("bwrap")
@@ -595,11 +652,24 @@ def _probe_bwrap(bwrap: str) -> str | None:
 
     Run once per process: the answer does not change while it runs.
     """
-    argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--unshare-pid", "--die-with-parent", "--new-session", "true"]
+    argv = [
+        bwrap,
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--unshare-pid",
+        "--die-with-parent",
+        "--new-session",
+        "true",
+    ]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS,
-                              check=False)
+        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"does not work here: {e}"
     if done.returncode != 0:
@@ -660,8 +730,12 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
 
 
 def _parse_pod(
-    pod: V1Pod, *, claims: Mapping[str, Path], image_binds: Mapping[str, Mapping[str, Path]],
-    scratch: Path, shared_paths: Sequence[Path] = (),
+    pod: V1Pod,
+    *,
+    claims: Mapping[str, Path],
+    image_binds: Mapping[str, Mapping[str, Path]],
+    scratch: Path,
+    shared_paths: Sequence[Path] = (),
 ) -> _Step:
     """Check ``pod`` against what the local runtime honours and resolve it to host paths."""
     spec = pod.spec
@@ -696,7 +770,8 @@ def _parse_pod(
     command = tuple(_expand(str(a), env) for a in [*container.command, *(container.args or [])])
     working_dir = (
         _clean_path(container.working_dir, f"{where}.workingDir")
-        if container.working_dir not in (None, "", "/") else "/"
+        if container.working_dir not in (None, "", "/")
+        else "/"
     )
     termination_path = _clean_path(
         container.termination_message_path or DEFAULT_TERMINATION_PATH,
@@ -721,8 +796,14 @@ def _parse_pod(
             )
         root, read_only, is_scratch, what = volumes[vm.name]
         host = _inside(root, vm.sub_path, f"{at}.subPath", what) if vm.sub_path else root
-        mounts.append(_Mount(path=_clean_path(vm.mount_path, f"{at}.mountPath"), host=host,
-                             read_only=bool(vm.read_only) or read_only, scratch=is_scratch))
+        mounts.append(
+            _Mount(
+                path=_clean_path(vm.mount_path, f"{at}.mountPath"),
+                host=host,
+                read_only=bool(vm.read_only) or read_only,
+                scratch=is_scratch,
+            )
+        )
     for path, host in image_binds.get(container.image or "", {}).items():
         if not host.is_dir():
             raise ConfigurationError(
@@ -735,24 +816,28 @@ def _parse_pod(
     if not any(m.path == "/tmp" for m in mounts):
         mounts.append(_Mount(path="/tmp", host=scratch / "tmp", read_only=False, scratch=True))
     termination_file = scratch / "termination-log"
-    mounts.append(_Mount(path=termination_path, host=termination_file, read_only=False,
-                         is_file=True))
+    mounts.append(
+        _Mount(path=termination_path, host=termination_file, read_only=False, is_file=True)
+    )
     seen: set[str] = set()
     for m in mounts:
         if m.path in seen:
-            raise ConfigurationError(f"{m.path} is mounted twice (volume mounts, image binds "
-                                     f"and the terminationMessagePath must not collide)")
+            raise ConfigurationError(
+                f"{m.path} is mounted twice (volume mounts, image binds "
+                f"and the terminationMessagePath must not collide)"
+            )
         seen.add(m.path)
 
     deadline = spec.active_deadline_seconds
     if deadline is not None and deadline <= 0:
-        raise ConfigurationError(
-            f"spec.activeDeadlineSeconds must be positive; found {deadline!r}"
-        )
+        raise ConfigurationError(f"spec.activeDeadlineSeconds must be positive; found {deadline!r}")
     return _Step(
-        command=command, env=DEFAULT_ENV | env, working_dir=working_dir,
+        command=command,
+        env=DEFAULT_ENV | env,
+        working_dir=working_dir,
         mounts=tuple(sorted(mounts, key=lambda m: (_depth(m.path), m.path))),
-        termination_file=termination_file, fallback_to_logs=policy == "FallbackToLogsOnError",
+        termination_file=termination_file,
+        fallback_to_logs=policy == "FallbackToLogsOnError",
         deadline=deadline,
     )
 
@@ -784,8 +869,12 @@ def _parse_volumes(
             found[volume.name] = (root, bool(pvc.read_only), False, f"claim {pvc.claim_name!r}")
         elif empty is not None:
             # medium and sizeLimit are ignored: an emptyDir is a directory in the scratch.
-            found[volume.name] = (scratch / "volumes" / volume.name, False, True,
-                                  f"emptyDir {volume.name!r}")
+            found[volume.name] = (
+                scratch / "volumes" / volume.name,
+                False,
+                True,
+                f"emptyDir {volume.name!r}",
+            )
         else:
             raise ConfigurationError(
                 f"{at} ({volume.name}) must be a persistentVolumeClaim or an emptyDir locally"
@@ -835,16 +924,31 @@ def _bwrap_start(bwrap: str, step: _Step) -> _Start:
     if spliced:  # the rebuilt directories are as read-only as the host's root
         argv += ["--remount-ro", "/"]
     # --cap-drop ALL: run as root, a step could otherwise remount a read-only input.
-    argv += ["--chdir", step.working_dir, "--unshare-pid", "--die-with-parent", "--new-session",
-             "--cap-drop", "ALL", "--", *step.command]
+    argv += [
+        "--chdir",
+        step.working_dir,
+        "--unshare-pid",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--",
+        *step.command,
+    ]
 
     def to_host(path: str) -> str:
         outer = _enclosing(path, step.mounts, inclusive=True)
         return path if outer is None else _host_in(outer, path)
 
     cannot_run = _check_command(step, to_host)
-    return _Start(argv=tuple(argv), executable=None, env=dict(step.env), cwd=Path("/"),
-                  cannot_run=cannot_run, sandboxed=True)
+    return _Start(
+        argv=tuple(argv),
+        executable=None,
+        env=dict(step.env),
+        cwd=Path("/"),
+        cannot_run=cannot_run,
+        sandboxed=True,
+    )
 
 
 def _root_view(paths: Iterable[str]) -> tuple[list[str], bool]:
@@ -904,8 +1008,11 @@ def _links_start(step: _Step, workdir: Path) -> _Start:
     mounts = list(step.mounts)
     work_is_mount = any(m.path == step.working_dir for m in mounts)
     stand_in = None
-    if step.working_dir != "/" and _enclosing(step.working_dir, mounts) is None \
-            and not work_is_mount:
+    if (
+        step.working_dir != "/"
+        and _enclosing(step.working_dir, mounts) is None
+        and not work_is_mount
+    ):
         stand_in = _Mount(path=step.working_dir, host=workdir, read_only=False, scratch=True)
     elif step.working_dir == "/":
         stand_in = _Mount(path="/", host=workdir, read_only=False, scratch=True)
@@ -932,8 +1039,10 @@ def _links_start(step: _Step, workdir: Path) -> _Start:
     cwd = Path(to_host(step.working_dir)) if step.working_dir != "/" else workdir
     cwd.mkdir(parents=True, exist_ok=True)
     argv = tuple(to_host(a) if a.startswith("/") else a for a in step.command)
-    env = {k: ":".join(to_host(p) if p.startswith("/") else p for p in v.split(":"))
-           for k, v in step.env.items()}
+    env = {
+        k: ":".join(to_host(p) if p.startswith("/") else p for p in v.split(":"))
+        for k, v in step.env.items()
+    }
     env.setdefault("TMPDIR", to_host("/tmp"))
     cannot_run = _check_command(step, to_host)
     executable = None
@@ -982,7 +1091,7 @@ def _host_in(mount: _Mount, path: str) -> str:
     """Where ``path`` (at or below ``mount.path``) is on the host."""
     if path == mount.path:
         return str(mount.host)
-    rest = path[len(mount.path):].lstrip("/")
+    rest = path[len(mount.path) :].lstrip("/")
     return str(mount.host / rest)
 
 
@@ -999,8 +1108,10 @@ def _find_command(step: _Step, to_host: Callable[[str], str]) -> tuple[str | Non
     if "/" in command:
         candidates = [posixpath.join(step.working_dir, command)]
     else:
-        candidates = [posixpath.join(step.working_dir, d, command)
-                      for d in step.env.get("PATH", DEFAULT_PATH).split(":")]
+        candidates = [
+            posixpath.join(step.working_dir, d, command)
+            for d in step.env.get("PATH", DEFAULT_PATH).split(":")
+        ]
     not_executable = False
     for candidate in candidates:
         host = to_host(posixpath.normpath(candidate))
