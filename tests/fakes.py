@@ -9,6 +9,7 @@ from typing import Any
 
 from kubernetes.client import ApiClient, V1Pod
 
+from shared.errors import NotFoundError
 from shared.runtime import PodDict
 
 
@@ -56,7 +57,12 @@ class FakeRuntime:
     def read(self, name: str) -> PodDict | None:
         return copy.deepcopy(self.pods.get(name))
 
+    def list(self) -> list[PodDict]:
+        return [copy.deepcopy(p) for _, p in sorted(self.pods.items())]
+
     def logs(self, name: str) -> bytes:
+        if name not in self.pods and name not in self.logs_by_name:
+            raise NotFoundError(f"pod {name} not found")
         return self.logs_by_name.get(name, b"")
 
     def delete(self, name: str) -> None:

@@ -26,6 +26,9 @@ class Runtime(Protocol):
     def read(self, name: str) -> PodDict | None:
         """The pod as the API shows it now, or ``None`` when there is no such pod."""
 
+    def list(self) -> list[PodDict]:
+        """Every pod labelled ``app.kubernetes.io/managed-by: jetbridge`` (the reaper's resync)."""
+
     def logs(self, name: str) -> bytes:
         """Everything the pod's container wrote to stdout and stderr so far."""
 

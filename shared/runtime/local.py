@@ -395,6 +395,12 @@ class LocalRuntime:
             record.thread = thread
             thread.start()  # under the lock, so a delete never joins an unstarted thread
 
+    def list(self) -> list[PodDict]:
+        """Every pod this runtime knows (all are JetBridge's), as ``read`` shows each."""
+        with self._lock:
+            names = sorted(self._pods)
+        return [pod for pod in (self.read(n) for n in names) if pod is not None]
+
     def read(self, name: str) -> PodDict | None:
         """The pod as the Kubernetes API would show it now; ``None`` if unknown or deleted."""
         with self._lock:
