@@ -106,6 +106,28 @@ class BuildRow(Base):
     finished_at: Mapped[datetime | None]
 
 
+class DeliveryRow(Base):
+    """A webhook delivery that started builds: its id is unique per pipeline, so a redelivery
+    finds the builds it made before and starts nothing (one delivery may start several jobs)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("pipeline_id", "delivery_id", name="uq_deliveries_delivery"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    delivery_id: Mapped[str] = mapped_column(String(200))
+    """The sender's id: ``X-GitHub-Delivery``, ``X-Gitlab-Event-UUID``, the CloudEvent's id."""
+    provider: Mapped[str] = mapped_column(String(16))
+    """``github``, ``gitlab`` or ``generic``."""
+    event: Mapped[str] = mapped_column(String(32))
+    """``push`` or ``pull_request``."""
+    commit: Mapped[str] = mapped_column(String(64))
+    build_ids: Mapped[list[Any]] = mapped_column(default=list)
+    received_at: Mapped[datetime]
+
+
 class StepRow(Base):
     """One step of a build: what to run (``spec``), where it stands, and how it ended."""
 
@@ -142,6 +164,7 @@ class ArtifactRow(Base):
     __table_args__ = (
         Index("ix_artifacts_state", "state"),
         Index("ix_artifacts_build", "build_id"),
+        Index("ix_artifacts_step", "step_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -156,6 +179,9 @@ class ArtifactRow(Base):
     created_at: Mapped[datetime]
     ready_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
+    reaping_at: Mapped[datetime | None]
+    """When a reaper tick claimed this ``reaping`` row; ``None`` once no tick holds it (the
+    tick that claimed it could not delete it and let go, or died long enough ago)."""
 
 
 def make_engine(url: str) -> Engine:

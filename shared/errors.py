@@ -7,14 +7,22 @@
     │   ├── PipelineError         a pipeline that does not parse or validate (carries every problem)
     │   ├── VariableError         a ((var)) that was never given
     │   ├── EventError            a CloudEvent or webhook that is malformed or unknown
+    │   │   ├── MethodNotAllowed      a webhook sent with a method other than POST (405)
+    │   │   ├── PayloadTooLarge       a webhook body over the size limit (413)
+    │   │   └── UnsupportedMediaType  a webhook body that is not JSON (415)
     │   ├── SignatureError        a webhook whose signature is missing or wrong
     │   ├── NotFoundError         a pipeline, job, build or step that does not exist
+    │   ├── PipelinePaused        a build asked of a paused pipeline (409)
     │   ├── ArchiveError          an archive entry that would land outside its artifact
-    │   └── ConfigurationError    a setting that is missing or impossible
+    │   ├── ConfigurationError    a setting that is missing or impossible
+    │   ├── RuntimeForbidden      the runtime refused JetBridge (names the RBAC verb and resource)
+    │   ├── PodRejected           the runtime refused a step's pod as invalid (names the pod and why)
+    │   └── LogStoreForbidden     the log store refused JetBridge (names the bucket and permission)
     └── TemporaryError            the world is briefly wrong; answer 5xx so the event comes again
         ├── DatabaseUnavailable   the database cannot be reached
         ├── RuntimeUnavailable    the runtime (Kubernetes API) answered 429 or 5xx
-        └── ArtifactStoreError    the store could not be written (full volume is *permanent*: see StoreFullError)
+        ├── ArtifactStoreError    the store could not be written (full volume is *permanent*: see StoreFullError)
+        └── LogStoreUnavailable   the log store (a GCS bucket) throttled, failed or timed out
 
 Third-party exceptions are wrapped where they enter (``raise ... from e``); no
 service sees an ``ApiException`` or a driver error.
@@ -83,6 +91,24 @@ class EventError(PermanentError):
     """A CloudEvent or webhook that is malformed, of an unknown type, or missing a field."""
 
 
+class MethodNotAllowed(EventError):
+    """A webhook sent with a method other than POST."""
+
+    status = 405
+
+
+class PayloadTooLarge(EventError):
+    """A webhook body over ``JETBRIDGE_WEBHOOK_MAX_BYTES``; refused before it is read."""
+
+    status = 413
+
+
+class UnsupportedMediaType(EventError):
+    """A webhook body that is not ``application/json`` (a form-encoded GitHub hook, say)."""
+
+    status = 415
+
+
 class SignatureError(PermanentError):
     """A webhook whose signature is missing or does not match. Never names the secret."""
 
@@ -93,6 +119,12 @@ class NotFoundError(PermanentError):
     """A pipeline, job, build or step that does not exist."""
 
     status = 404
+
+
+class PipelinePaused(PermanentError):
+    """A build asked of a paused pipeline: nothing starts until it is unpaused."""
+
+    status = 409
 
 
 class ArchiveError(PermanentError):
@@ -125,5 +157,24 @@ class RuntimeForbidden(PermanentError):
     status = 403
 
 
+class PodRejected(PermanentError):
+    """The runtime refused a step's pod as invalid (the API's 400/422, a Pod Security violation).
+
+    The step cannot run as written: ``launch_step`` records it errored with this message.
+    """
+
+    status = 422
+
+
 class ArtifactStoreError(TemporaryError):
     """The artifact store could not be read or written for a reason that may pass."""
+
+
+class LogStoreUnavailable(TemporaryError):
+    """The log store throttled (429), failed (5xx) or did not answer in time; try again later."""
+
+
+class LogStoreForbidden(PermanentError):
+    """The log store refused JetBridge: names the bucket and the permission it lacks."""
+
+    status = 403

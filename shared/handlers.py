@@ -7,11 +7,12 @@ so the cluster and ``jetbridge run`` take one code path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from shared import events
+from shared import deliveries, events, webhooks
 from shared.app import Deps
 from shared.builds import start_build
 from shared.errors import EventError, NotFoundError
@@ -22,12 +23,20 @@ log = logging.getLogger(__name__)
 
 
 def on_trigger_event(event: CloudEvent, deps: Deps) -> dict[str, Any]:
-    """``dev.jetbridge.build.requested`` → a build (one per event id)."""
+    """``dev.jetbridge.build.requested`` → a build (one per event id); a GitHubSource or
+    GitLabSource push → builds of every pipeline tracking it (one set per delivery)."""
     if event["type"] != events.BUILD_REQUESTED:
-        raise EventError(
-            f"the trigger does not handle events of type {event['type']!r}; "
-            f"expected {events.BUILD_REQUESTED!r}"
+        delivery = webhooks.parse_source_event(event["type"], event["id"], event.get_data())
+        if delivery is None:
+            raise EventError(
+                f"the trigger does not handle events of type {event['type']!r}; expected "
+                f"{events.BUILD_REQUESTED!r} or a git source's "
+                f"({', '.join(webhooks.source_event_types())})"
+            )
+        received = deliveries.deliver_to_all(
+            deps.sessions, delivery=delivery, sink=deps.sink, clock=deps.clock
         )
+        return {"deliveries": [r.to_json() for r in received]}
     data = events.event_data(event)
     pipeline = events.require(data, "pipeline", str, event)
     job = events.require(data, "job", str, event)
@@ -46,6 +55,22 @@ def on_trigger_event(event: CloudEvent, deps: Deps) -> dict[str, Any]:
         versions=versions,
     )
     return {"build_id": started.build_id, "number": started.number, "created": started.created}
+
+
+def on_webhook(
+    method: str, path: str, headers: Mapping[str, str], body: bytes, deps: Deps
+) -> deliveries.Received:
+    """``POST /webhooks/<pipeline>`` from GitHub, GitLab or a generic sender → that pipeline's builds."""
+    return deliveries.receive_webhook(
+        deps.sessions,
+        method=method,
+        path=path,
+        headers=headers,
+        body=body,
+        secrets=deliveries.secrets_from(deps.settings),
+        sink=deps.sink,
+        clock=deps.clock,
+    )
 
 
 def on_step_event(event: CloudEvent, deps: Deps) -> None:
@@ -76,6 +101,12 @@ def on_step_event(event: CloudEvent, deps: Deps) -> None:
             store_root=deps.settings.effective_store_root,
             sink=deps.sink,
             clock=deps.clock,
+            # Retention 0: the pod goes once its log is kept. Otherwise it stays (for
+            # `kubectl describe`) and the reaper deletes it when its retention is over.
+            delete_pod=deps.settings.pod_retention_seconds == 0,
+            patience=deps.patience,
+            # ApiServerSource sends a deleted pod's last state: gone, whatever it says.
+            deleted=type_ == events.POD_DELETE,
         )
     else:
         raise EventError(
@@ -94,5 +125,9 @@ def on_reaper_event(event: CloudEvent, deps: Deps, *, dry_run: bool = False) -> 
         deps.sessions,
         store_root=deps.settings.effective_store_root,
         clock=deps.clock,
+        settings=deps.settings,
+        runtime=deps.runtime,
+        logs=deps.logs,
+        sink=deps.sink,
         dry_run=dry_run,
     )

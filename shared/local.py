@@ -16,11 +16,11 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from sqlalchemy import select
 
-from shared import events, handlers
+from shared import events, handlers, telemetry
 from shared import status as st
 from shared.app import Deps, build_deps, utcnow
 from shared.bus import InProcessBus
-from shared.db import BuildRow, PipelineRow, transaction, upgrade
+from shared.db import BuildRow, PipelineRow, StepRow, transaction, upgrade
 from shared.pipelines import load, save_pipeline
 from shared.reaper import ReapReport
 from shared.resources import RESOURCE_DIRS
@@ -77,11 +77,16 @@ class LocalCI:
         upgrade(self.deps.engine)
         deps = self.deps
         self.bus.subscribe(
-            events.BUILD_REQUESTED, lambda e: _ignore(handlers.on_trigger_event(e, deps))
+            events.BUILD_REQUESTED,
+            lambda e: _ignore(telemetry.observed(handlers.on_trigger_event, e, deps)),
         )
-        self.bus.subscribe(events.STEP_READY, lambda e: handlers.on_step_event(e, deps))
+        # Subscribed first, so the step's pod can reach a repository on this machine.
+        self.bus.subscribe(events.STEP_READY, self._share_repository)
+        self.bus.subscribe(
+            events.STEP_READY, lambda e: telemetry.observed(handlers.on_step_event, e, deps)
+        )
         for type_ in events.POD_EVENTS:
-            self.bus.subscribe(type_, lambda e: handlers.on_step_event(e, deps))
+            self.bus.subscribe(type_, lambda e: telemetry.observed(handlers.on_step_event, e, deps))
         self.last_report: ReapReport | None = None
         self.bus.subscribe(events.PING, self._tick)
 
@@ -93,8 +98,25 @@ class LocalCI:
             )
         )
 
+    def _share_repository(self, event: CloudEvent) -> None:
+        """A get, put or check of a git repository on this machine: let its pod reach it.
+
+        ``set_pipeline`` shares the repositories of pipelines set through it; this covers
+        pipelines set by ``jetbridge set-pipeline`` while ``jetbridge serve`` runs.
+        """
+        step_id = events.event_data(event).get("step_id")
+        if not isinstance(step_id, int):
+            return
+        with transaction(self.deps.sessions) as session:
+            step = session.get(StepRow, step_id)
+            resource = step.spec.get("resource") if step is not None else None
+        if isinstance(resource, dict) and resource.get("type") == "git":
+            path = local_repository((resource.get("source") or {}).get("uri"))
+            if path is not None:
+                self.runtime.share(path)
+
     def _tick(self, event: CloudEvent) -> None:
-        self.last_report = handlers.on_reaper_event(event, self.deps)
+        self.last_report = telemetry.observed(handlers.on_reaper_event, event, self.deps)
 
     def __enter__(self) -> LocalCI:
         return self

@@ -1,8 +1,9 @@
 """The log store: where a step's log is kept once its pod may be gone.
 
-A port with implementations chosen from settings; this module holds the
-directory store (on the claim in the cluster, in the data directory locally).
-Logs are keyed by build and step, one file per attempt's final log.
+A port with two implementations, chosen from settings by ``make_log_store``: the
+directory store here (on the claim in the cluster, in the data directory
+locally) and a Google Cloud Storage bucket (``logstore_gcs.py``). Logs are keyed
+by build and step, one object per step: its last attempt's final log.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from shared.errors import ConfigurationError
+from shared.settings import Settings
 
 
 class LogStore(Protocol):
@@ -43,3 +47,29 @@ class DirectoryLogStore:
             return self._path(build_id, step_key).read_bytes()
         except FileNotFoundError:
             return None
+
+
+def make_log_store(settings: Settings, *, client: Any = None) -> LogStore:
+    """The log store ``settings`` name: a directory (``log_dir``) or a GCS bucket.
+
+    ``client`` is a ``google.cloud.storage.Client`` to use for ``gcs``; without one,
+    a client is made from the environment (Workload Identity or Application Default
+    Credentials in the cluster; ``STORAGE_EMULATOR_HOST`` points it at an emulator).
+    """
+    if settings.log_store != "gcs":
+        return DirectoryLogStore(settings.effective_log_dir)
+    # Imported here: only a process that keeps its logs in GCS loads the Google client.
+    from shared.logstore_gcs import GcsLogStore
+
+    if client is None:
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import storage
+
+        try:
+            client = storage.Client()
+        except DefaultCredentialsError as e:
+            raise ConfigurationError(
+                f"JETBRIDGE_LOG_STORE=gcs needs Google credentials (Workload Identity in the "
+                f"cluster, GOOGLE_APPLICATION_CREDENTIALS elsewhere) and found none: {e}"
+            ) from e
+    return GcsLogStore(client, bucket=settings.log_bucket, prefix=settings.log_prefix)

@@ -15,11 +15,13 @@ pass collects every problem before giving up, so one run reports them all.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, TypeVar
 
 import yaml
@@ -64,11 +66,16 @@ class ImageResource:
     type: str
     """Concourse image resource type: ``registry-image`` or ``docker-image``."""
     source: Mapping[str, Any] = field(default_factory=dict)
+    version: Mapping[str, str] | None = None
+    """A pinned version: ``{digest: sha256:…}`` names the image by digest."""
 
     @property
     def image(self) -> str:
-        """The image reference a pod would use: ``repository[:tag]``."""
+        """The image reference a pod would use: ``repository@digest`` or ``repository[:tag]``."""
         repo = str(self.source.get("repository", ""))
+        digest = (self.version or {}).get("digest")
+        if digest:
+            return f"{repo}@{digest}"
         tag = self.source.get("tag")
         return f"{repo}:{tag}" if tag else repo
 
@@ -115,7 +122,45 @@ class TaskConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GetStep:
+class Hooks:
+    """Steps that run after a step (or a job's plan), depending on how it ended.
+
+    As in Concourse: ``on_success`` when it succeeded, ``on_failure`` when it failed,
+    ``on_error`` when it errored, ``on_abort`` when the build was aborted during it,
+    ``ensure`` whatever happened. A hook never turns a failure into a success.
+    """
+
+    on_success: Step | None = None
+    on_failure: Step | None = None
+    on_error: Step | None = None
+    on_abort: Step | None = None
+    ensure: Step | None = None
+
+    def items(self) -> list[tuple[str, Step]]:
+        """``(hook name, step)`` for each hook given, in the order above."""
+        hooks = [(name, getattr(self, name)) for name in HOOK_KEYS]
+        return [(name, step) for name, step in hooks if step is not None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepBase:
+    """What every kind of step may carry besides its own keys: Concourse's modifiers and hooks."""
+
+    timeout: str | None = None
+    """A Go duration (``90s``, ``1h30m``): the step fails when it runs longer (each attempt)."""
+    attempts: int = 1
+    """How many times the step is tried before it fails (Concourse's ``attempts``)."""
+    hooks: Hooks = field(default_factory=Hooks)
+    where: Where | None = field(default=None, compare=False)
+
+    @property
+    def timeout_seconds(self) -> int | None:
+        """``timeout`` in whole seconds, rounded up (a pod's ``activeDeadlineSeconds``)."""
+        return None if self.timeout is None else duration_seconds(self.timeout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GetStep(StepBase):
     get: str
     """The name the fetched artifact goes by in the build."""
     resource: str
@@ -124,37 +169,123 @@ class GetStep:
     passed: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     version: str | Mapping[str, str] | None = None
-    where: Where | None = field(default=None, compare=False)
+    tags: tuple[str, ...] = ()
+    """Worker tags: here, node labels the step's pod must run on (see ``docs/pipelines.md``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class PutStep:
+class PutStep(StepBase):
     put: str
     resource: str
     params: Mapping[str, Any] = field(default_factory=dict)
     inputs: str | tuple[str, ...] = "all"
     """``all`` (every artifact so far), ``detect`` (treated as ``all``) or a list of names."""
-    where: Where | None = field(default=None, compare=False)
+    tags: tuple[str, ...] = ()
+    no_get: bool = False
+    """Accepted for Concourse compatibility: JetBridge never runs the implicit get."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class TaskStep:
+class TaskStep(StepBase):
     task: str
-    config: TaskConfig
+    config: TaskConfig | None = None
+    """The inline config; ``None`` when the config comes from ``file``."""
+    file: str | None = None
+    """``<artifact>/<path>`` of a task config file, read when the step starts."""
     params: Mapping[str, str] = field(default_factory=dict)
     """Step-level params, overriding the config's."""
-    where: Where | None = field(default=None, compare=False)
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    """Values for the ``((vars))`` of the task file."""
+    image: str | None = None
+    """An artifact (a get of a registry-image resource) to run the task in, instead of
+    the config's ``image_resource``."""
+    input_mapping: Mapping[str, str] = field(default_factory=dict)
+    """Task input name → the artifact that fills it."""
+    output_mapping: Mapping[str, str] = field(default_factory=dict)
+    """Task output name → the artifact name it becomes in the build."""
+    writable_inputs: bool = False
+    """JetBridge extension: every input is a private writable copy (Concourse's behaviour)."""
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
-class InParallelStep:
+class InParallelStep(StepBase):
     steps: tuple[Step, ...]
     limit: int | None = None
     fail_fast: bool = False
-    where: Where | None = field(default=None, compare=False)
 
 
-Step: TypeAlias = GetStep | PutStep | TaskStep | InParallelStep
+@dataclass(frozen=True, kw_only=True)
+class DoStep(StepBase):
+    """Steps run one after the other, as a unit: the first to fail ends it."""
+
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TryStep(StepBase):
+    """A step whose failure (or error) is swallowed: the try succeeds anyway."""
+
+    step: Step
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadVarStep(StepBase):
+    """Reads a file of an artifact into the local var ``((.:name))`` of the later steps."""
+
+    load_var: str
+    file: str
+    """``<artifact>/<path>``."""
+    format: str | None = None
+    """``json``, ``yaml``, ``yml``, ``trim`` or ``raw``; by default from the file's extension."""
+    reveal: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetPipelineStep(StepBase):
+    """Saves a pipeline from a file of an artifact (``self``: the pipeline running the build)."""
+
+    set_pipeline: str
+    file: str
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    var_files: tuple[str, ...] = ()
+    """``<artifact>/<path>`` of vars files; later files win, ``vars`` win over all."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcrossVar:
+    var: str
+    values: tuple[Any, ...]
+    max_in_flight: int | None = 1
+    """How many values run at once; ``None`` for ``all``. Concourse's default is 1."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcrossStep(StepBase):
+    """A step run once per combination of values, each copy with ``((.:var))`` filled in.
+
+    ``steps`` holds the copies, one per combination (the last var changes fastest), already
+    read with the values in place. ``hooks`` (from the step with ``across``) run once, after
+    every copy; each copy carries its own ``attempts`` and ``timeout``.
+    """
+
+    vars: tuple[AcrossVar, ...]
+    combinations: tuple[tuple[Any, ...], ...]
+    steps: tuple[Step, ...]
+    fail_fast: bool = False
+
+
+Step: TypeAlias = (
+    GetStep
+    | PutStep
+    | TaskStep
+    | InParallelStep
+    | DoStep
+    | TryStep
+    | LoadVarStep
+    | SetPipelineStep
+    | AcrossStep
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +296,8 @@ class Job:
     serial_groups: tuple[str, ...] = ()
     max_in_flight: int | None = None
     public: bool = False
+    hooks: Hooks = field(default_factory=Hooks)
+    """Job hooks: they hang off the whole plan."""
     where: Where | None = field(default=None, compare=False)
 
 
@@ -190,6 +323,10 @@ class Pipeline:
         names = ", ".join(r.name for r in self.resources)
         raise KeyError(f"no resource {name!r} in the pipeline; resources: {names}")
 
+    def resource_type(self, name: str) -> ResourceType | None:
+        """The declared resource type called ``name``, if any."""
+        return next((t for t in self.resource_types if t.name == name), None)
+
 
 # ---------------------------------------------------------------- the supported subset
 
@@ -200,55 +337,102 @@ BUILTIN_RESOURCE_TYPES = frozenset({"git"})
 #: Types a task's ``image_resource`` may have: both name an OCI image by ``source.repository``.
 IMAGE_RESOURCE_TYPES = ("registry-image", "docker-image")
 
-STEP_KINDS = ("get", "put", "task", "in_parallel")
+#: The keys that make a step what it is; a step has exactly one of them.
+STEP_KINDS = ("get", "put", "task", "in_parallel", "do", "try", "load_var", "set_pipeline")
+#: Step and job hooks, in the order Concourse nests them (innermost first): each hangs off
+#: the step and the hooks before it, so an on_failure runs when an on_success hook failed.
+HOOK_KEYS = ("on_success", "on_failure", "on_abort", "on_error", "ensure")
+#: ``load_var`` formats; without one, the file's extension decides (``.json``, ``.yml``/``.yaml``,
+#: anything else ``trim``), as in Concourse.
+LOAD_VAR_FORMATS = ("json", "yaml", "yml", "trim", "raw")
 
 # The keys accepted at each place, in the order docs/pipelines.md lists them (messages
 # list them in this order too, so a reader can match the two).
 _TOP_KEYS = ("resources", "resource_types", "jobs")
 _RESOURCE_KEYS = ("name", "type", "source", "check_every", "webhook_token", "icon")
 _RESOURCE_TYPE_KEYS = ("name", "type", "source")
-_JOB_KEYS = ("name", "plan", "serial", "serial_groups", "max_in_flight", "public")
-_GET_KEYS = ("get", "resource", "trigger", "passed", "params", "version")
-_PUT_KEYS = ("put", "resource", "params", "inputs")
-_TASK_KEYS = ("task", "config", "params")
+_JOB_KEYS = ("name", "plan", "serial", "serial_groups", "max_in_flight", "public", *HOOK_KEYS)
+# Modifiers any step may carry (``fail_fast`` only beside ``across``); composite steps
+# (do, try, in_parallel) take the hooks and ``across`` but not ``timeout`` or ``attempts``.
+_MODIFIER_KEYS = ("timeout", "attempts", "across", *HOOK_KEYS)
+_COMPOSITE_MODIFIER_KEYS = ("across", *HOOK_KEYS)
+_GET_KEYS = ("get", "resource", "trigger", "passed", "params", "version", "tags")
+_PUT_KEYS = ("put", "resource", "params", "inputs", "no_get", "tags")
+_TASK_KEYS = (
+    "task",
+    "config",
+    "file",
+    "params",
+    "vars",
+    "image",
+    "input_mapping",
+    "output_mapping",
+    "privileged",
+    "writable_inputs",
+    "tags",
+)
 _IN_PARALLEL_KEYS = ("in_parallel",)
 _IN_PARALLEL_CONFIG_KEYS = ("steps", "limit", "fail_fast")
+_DO_KEYS = ("do",)
+_TRY_KEYS = ("try",)
+_LOAD_VAR_KEYS = ("load_var", "file", "format", "reveal")
+_SET_PIPELINE_KEYS = ("set_pipeline", "file", "vars", "var_files")
+_ACROSS_VAR_KEYS = ("var", "values", "max_in_flight")
 _CONFIG_KEYS = ("platform", "image_resource", "inputs", "outputs", "params", "run")
-_IMAGE_KEYS = ("type", "source")
+_IMAGE_KEYS = ("type", "source", "version")
 _INPUT_KEYS = ("name", "path", "optional")
 _OUTPUT_KEYS = ("name", "path")
 _RUN_KEYS = ("path", "args", "dir", "user")
 
-_HOOKS = "step and job hooks are not supported yet"
+_PLANNED_VERSIONS = "planned with resource versions (issue 6, part 2)"
+_PLANNED_TYPES = "planned with resource types (issue 6, part 3)"
 
 # Concourse keys JetBridge knows and refuses, with the reason its message gives. A key
-# missing here is still refused, just without a reason.
+# missing here is still refused, just without a reason. docs/pipelines.md lists them all.
 _REFUSED: Mapping[str, str] = {
     "groups": "JetBridge has no web UI to group jobs in",
     "display": "JetBridge has no web UI to show a background image in",
     "var_sources": "credential managers are not supported; give the values as vars",
-    "on_success": _HOOKS,
-    "on_failure": _HOOKS,
-    "on_error": _HOOKS,
-    "on_abort": _HOOKS,
-    "ensure": _HOOKS,
-    "timeout": "timeouts are not supported yet",
-    "attempts": "retries are not supported yet",
-    "tags": "worker tags mean nothing here: every step runs as a pod on the cluster",
-    "image": "name the task's image under config.image_resource",
-    "privileged": "steps run as unprivileged pods",
-    "input_mapping": "artifacts are matched by name: name the task's inputs after them",
-    "output_mapping": "artifacts are matched by name: name the task's outputs as later steps need",
-    "vars": "task files are not supported, so there is nothing to give vars to",
+    "old_name": "JetBridge keeps no job history to carry over to a new name",
+    "build_log_retention": "step logs are kept by the log store's retention, not per job",
+    "build_logs_to_retain": "step logs are kept by the log store's retention, not per job",
+    "disable_manual_trigger": "there is no web UI or fly to trigger jobs by hand",
+    "interruptible": "there are no workers to drain: a step's pod always runs to its end",
+    "privileged": "steps, resource types included, run as restricted pods (no root, no capabilities)",
+    "container_limits": "a step pod's requests and limits come from settings "
+    "(JETBRIDGE_STEP_REQUESTS, JETBRIDGE_STEP_LIMITS)",
+    "caches": "a task has no worker to keep a cache on between builds",
+    "rootfs_uri": "name the task's image under image_resource",
+    "get_params": "a put runs no implicit get in JetBridge; add a get in a later job",
+    "team": "JetBridge has no teams: set_pipeline sets a pipeline of this JetBridge",
+    "instance_vars": "instanced pipelines are not supported",
+    "version": f"pinning a resource's version is {_PLANNED_VERSIONS}",
+    "check_timeout": _PLANNED_VERSIONS,
+    "public": "there is no web UI to show it in",
+    "expose_build_created_by": "builds are not started by a user JetBridge knows",
+    "tags": f"tags on resources and resource types are {_PLANNED_TYPES}; on a get, put or "
+    "task step they select nodes",
+    "params": _PLANNED_TYPES,
+    "defaults": _PLANNED_TYPES,
 }
 
-# Concourse step kinds outside the subset.
-_REFUSED_STEP_KINDS = ("do", "try", "set_pipeline", "load_var", "across")
+# Concourse step kinds outside the subset, with the reason.
+_REFUSED_STEP_KINDS: Mapping[str, str] = {
+    "aggregate": "'aggregate' was removed in Concourse 7; use in_parallel",
+}
 
-_TASK_FILE = "task `file:` is not supported yet; inline the config under `config:`"
-
-# A Go duration as Concourse's check_every takes it ("1m", "1h30m", "500ms"), or "never".
+# A Go duration as Concourse's check_every and timeout take it ("1m", "1h30m", "500ms").
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+|never")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 # Path of a problem that belongs to the whole document rather than a key in it.
 _ROOT = "(root)"
@@ -259,6 +443,17 @@ _MERGE_TAG = _TAG + "merge"
 _TIMESTAMP_TAG = _TAG + "timestamp"
 # Scalar tags whose values are plain JSON: anything else (binary, custom ``!tags``) is refused.
 _JSON_TAGS = frozenset(_TAG + t for t in ("str", "null", "bool", "int", "float"))
+
+
+def duration_seconds(text: str) -> int:
+    """A Go duration (``1h30m``, ``90s``, ``500ms``) in whole seconds, rounded up.
+
+    Raises ``ValueError`` for anything else (``never`` included).
+    """
+    if text == "never" or not _DURATION.fullmatch(text):
+        raise ValueError(f"not a duration: {text!r}")
+    total = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    return math.ceil(total - 1e-9)
 
 
 # ---------------------------------------------------------------- entry points
@@ -295,10 +490,73 @@ def parse_pipeline(
     reader = _Reader(problems)
     pipeline = reader.pipeline(root)
     if problems:
-        problems.sort(key=lambda p: (p.line is None, p.line or 0, p.column or 0))
-        raise PipelineError(problems, source=source)
+        raise PipelineError(_sorted_problems(problems), source=source)
     assert pipeline is not None, "a pipeline with no problems is always built"
     return pipeline
+
+
+def parse_task_config(
+    text: str, *, source: str = "task config", variables: Mapping[str, Any] | None = None
+) -> TaskConfig:
+    """Parse a task config file (what a task step's ``file:`` names), as ``config:`` is read.
+
+    ``((vars))`` are filled from ``variables`` (the task step's ``vars``); ``((.:local))``
+    vars are left for the step runner. Raises :class:`VariableError` for vars not given and
+    :class:`PipelineError` for every other problem, with paths relative to the file.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise PipelineError([_syntax_problem(e, text)], source=source) from e
+    if root is None:
+        problem = Problem(
+            path=_ROOT, message="the task config is empty; it needs `platform` and `run`"
+        )
+        raise PipelineError([problem], source=source)
+    problems: list[Problem] = []
+    interpolator = _Interpolator(variables or {}, problems)
+    root = interpolator.document(root, source=source)
+    if interpolator.missing:
+        raise VariableError(interpolator.missing_message(source))
+    config = _Reader(problems)._config(root, _ROOT)
+    if problems:
+        raise PipelineError(_sorted_problems(problems), source=source)
+    assert config is not None, "a task config with no problems is always built"
+    return config
+
+
+def load_var_value(text: str, *, format: str | None, file: str) -> Any:
+    """The value ``load_var`` gives its var from a file's text, in ``format``.
+
+    Without a format, the extension of ``file`` decides, as in Concourse: ``.json`` is
+    JSON, ``.yml``/``.yaml`` YAML, anything else ``trim`` (the text without surrounding
+    whitespace). ``raw`` keeps the text as it is. Raises :class:`VariableError` when the
+    text is not what its format says.
+    """
+    if format is None:
+        lower = file.lower()
+        format = (
+            "json"
+            if lower.endswith(".json")
+            else "yaml"
+            if lower.endswith((".yml", ".yaml"))
+            else "trim"
+        )
+    if format == "raw":
+        return text
+    if format == "trim":
+        return text.strip()
+    try:
+        return json.loads(text) if format == "json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        reason = _yaml_reason(e) if isinstance(e, yaml.YAMLError) else str(e)
+        raise VariableError(f"{file} is not valid {format}: {reason}") from e
+
+
+def _sorted_problems(problems: Sequence[Problem]) -> list[Problem]:
+    """Problems in line order, each once (the copies of an ``across`` step repeat theirs)."""
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda p: (p.line is None, p.line or 0, p.column or 0))
 
 
 def parse_vars(text: str, *, source: str = "vars") -> dict[str, Any]:
@@ -376,6 +634,10 @@ _VAR_REF = re.compile(r'(?:"[^"]*"|[^".:\s]+)(?:\.(?:"[^"]*"|[^".:\s]+))*')
 _VAR_SEGMENT = re.compile(r'"([^"]*)"|([^".]+)')
 # ``source:name``: Concourse's var sources, which JetBridge refuses.
 _VAR_SOURCE = re.compile(r"([^\".:\s]+):")
+#: A local var, ``((.:name))``: set by ``load_var`` or ``across`` and filled in later.
+LOCAL_VAR_PREFIX = ".:"
+#: Every ``((.:name))`` (or ``((.:name.field))``) in a string; group 1 is the name.
+LOCAL_VAR = re.compile(r"\(\(\s*\.:([^().:\s]+)((?:\.[^().:\s]+)*)\s*\)\)")
 
 
 class _VarScalar(ScalarNode):
@@ -501,6 +763,11 @@ class _Interpolator:
 
     def _lookup(self, inside: str, node: Node, path: str) -> tuple[bool, Any]:
         ref = inside.strip()
+        if ref.startswith(LOCAL_VAR_PREFIX):
+            # A local var (load_var, across): filled later, by the reader or at run time.
+            if not _VAR_REF.fullmatch(ref.removeprefix(LOCAL_VAR_PREFIX)):
+                self._problem(node, path, f"(({inside})) is not a local var; write ((.:name))")
+            return False, None
         source = _VAR_SOURCE.match(ref)
         if source is not None:
             self._problem(
@@ -599,6 +866,11 @@ class _Reader:
         self._jobs: dict[str, str] = {}
         # Jobs read without a problem: only these are trusted for cross-job checks.
         self._complete_jobs: dict[str, Job] = {}
+        # Resources named by a get or put, read or not: what Concourse calls "used".
+        self._used_resources: set[str] = set()
+        # Steps that could not be read at all, so far: a job with one is not checked for
+        # artifacts (the missing step may be the one that makes what a later one reads).
+        self._holes = 0
 
     # ------------------------------------------------------------ the document
 
@@ -619,6 +891,11 @@ class _Reader:
                 self._problem(jobs_node, "jobs", "a pipeline needs at least one job")
         for job in jobs:
             self._check_passed(job)
+        self._check_passed_cycles(jobs)
+        if jobs_node is not None and self._used_resources <= set(self._resources):
+            # With a get or put of an undeclared resource, the one it meant is likely
+            # unused: its problem already says which names are declared.
+            self._check_unused(resources)
         return Pipeline(
             jobs=tuple(jobs), resources=tuple(resources), resource_types=tuple(resource_types)
         )
@@ -680,7 +957,7 @@ class _Reader:
 
     def _job(self, node: Node, path: str) -> Job | None:
         what = "a job"
-        before = len(self.problems)
+        holes = self._holes
         entries = self._mapping(node, path, what, _JOB_KEYS)
         if entries is None:
             return None
@@ -695,6 +972,7 @@ class _Reader:
         serial_groups = self._optional(entries, "serial_groups", path, self._strings)
         max_in_flight = self._optional(entries, "max_in_flight", path, self._positive_int)
         public = self._optional(entries, "public", path, self._bool)
+        hooks = self._hooks(entries, path)
         if name is None:
             return None
         job = Job(
@@ -704,15 +982,17 @@ class _Reader:
             serial_groups=serial_groups or (),
             max_in_flight=max_in_flight,
             public=bool(public),
+            hooks=hooks,
             where=_where(path, node),
         )
-        if len(self.problems) == before:
-            # Only a job read cleanly is checked for artifacts: a step that failed to
-            # read may have produced what a later step needs, and guessing would only
-            # add noise to the problem that is already reported.
+        self._check_get_names(job)
+        if self._holes == holes and plan_node is not None:
+            # Only a job whose every step was read is checked for artifacts and local vars:
+            # a step that failed to read may have produced what a later step needs, and
+            # guessing would only add noise to the problem that is already reported.
             self._complete_jobs.setdefault(name, job)
-            self._check_artifacts(job)
-        for step in _flatten(job.plan):
+            self._check_flow(job)
+        for step in _walk(_job_steps(job)):
             if isinstance(step, GetStep | PutStep):
                 self._check_resource_ref(step)
         return job
@@ -720,34 +1000,82 @@ class _Reader:
     # ------------------------------------------------------------ steps
 
     def _step(self, node: Node, path: str) -> Step | None:
+        step = self._read_step(node, path)
+        if step is None:
+            self._holes += 1
+        return step
+
+    def _read_step(self, node: Node, path: str) -> Step | None:
         pairs = self._entries(node, path, "a step")
         if pairs is None:
             return None
         kinds = [k for k in STEP_KINDS if k in pairs]
         if len(kinds) == 1:
-            kind = kinds[0]
-            if kind == "get":
-                return self._get(node, pairs, path)
-            if kind == "put":
-                return self._put(node, pairs, path)
-            if kind == "task":
-                return self._task(node, pairs, path)
-            return self._in_parallel(node, pairs, path)
+            if "across" in pairs:
+                return self._across(node, pairs, path, kinds[0])
+            return self._core(node, pairs, path, kinds[0])
+        for key in ("get", "put", "resource"):  # a step that cannot be read may use them
+            if key in pairs and isinstance(pairs[key][1], ScalarNode):
+                self._used_resources.add(str(pairs[key][1].value))
         one_of = ", ".join(STEP_KINDS)
         refused = [k for k in pairs if k in _REFUSED_STEP_KINDS]
         if kinds:
             found = " and ".join(repr(k) for k in kinds)
             message = f"a step needs exactly one of {one_of}; this one has {found}"
         elif refused:
-            message = f"{refused[0]!r} steps are not supported yet; a step needs one of {one_of}"
+            message = f"{_REFUSED_STEP_KINDS[refused[0]]}; a step needs one of {one_of}"
         else:
             keys = ", ".join(pairs) or "none"
             message = f"a step needs exactly one of {one_of}; found keys: {keys}"
         self._problem(node, path, message)
         return None
 
+    def _core(self, node: Node, pairs: _Pairs, path: str, kind: str) -> Step | None:
+        readers: dict[str, Callable[[Node, _Pairs, str], Step | None]] = {
+            "get": self._get,
+            "put": self._put,
+            "task": self._task,
+            "in_parallel": self._in_parallel,
+            "do": self._do,
+            "try": self._try,
+            "load_var": self._load_var,
+            "set_pipeline": self._set_pipeline,
+        }
+        return readers[kind](node, pairs, path)
+
+    def _kind_entries(
+        self, pairs: _Pairs, path: str, what: str, keys: Sequence[str], *, composite: bool = False
+    ) -> dict[str, Node]:
+        """The keys of one kind of step, with the modifiers every step may carry."""
+        also_known: tuple[str, ...] = ()
+        if composite:
+            for key in ("timeout", "attempts"):
+                if key in pairs:
+                    self._problem(
+                        pairs[key][0],
+                        _at(path, key),
+                        f"`{key}` on {what} is not supported: put `{key}` on the get, put "
+                        "and task steps inside it (each runs as a pod of its own)",
+                    )
+            also_known = ("timeout", "attempts")
+        modifiers = _COMPOSITE_MODIFIER_KEYS if composite else _MODIFIER_KEYS
+        return self._checked(pairs, path, what, keys, also_known=also_known, modifiers=modifiers)
+
+    def _modifiers(self, entries: Mapping[str, Node], path: str) -> dict[str, Any]:
+        """``timeout``, ``attempts`` and the hooks of a step, as keyword arguments."""
+        timeout = self._optional(entries, "timeout", path, self._timeout)
+        attempts = self._optional(entries, "attempts", path, self._positive_int)
+        return {"timeout": timeout, "attempts": attempts or 1, "hooks": self._hooks(entries, path)}
+
+    def _hooks(self, entries: Mapping[str, Node], path: str) -> Hooks:
+        steps: dict[str, Step | None] = {}
+        for key in HOOK_KEYS:
+            node = _present(entries, key)
+            steps[key] = None if node is None else self._step(node, _at(path, key))
+        return Hooks(**steps)
+
     def _get(self, node: Node, pairs: _Pairs, path: str) -> GetStep | None:
-        entries = self._checked(pairs, path, "a get step", _GET_KEYS)
+        entries = self._kind_entries(pairs, path, "a get step", _GET_KEYS)
         get = self._string(entries["get"], _at(path, "get"), nonempty=True)
         resource = self._optional(entries, "resource", path, self._name_string) or get
         trigger = self._optional(entries, "trigger", path, self._bool)
@@ -757,6 +1085,10 @@ class _Reader:
         version = None
         if version_node is not None:
             version = self._version(version_node, _at(path, "version"))
+        tags = self._optional(entries, "tags", path, self._strings)
+        modifiers = self._modifiers(entries, path)
+        if resource is not None:
+            self._used_resources.add(resource)
         if get is None or resource is None:
             return None
         return GetStep(
@@ -766,11 +1098,13 @@ class _Reader:
             passed=passed or (),
             params=params,
             version=version,
+            tags=tags or (),
             where=_where(path, node),
+            **modifiers,
         )
 
     def _put(self, node: Node, pairs: _Pairs, path: str) -> PutStep | None:
-        entries = self._checked(pairs, path, "a put step", _PUT_KEYS)
+        entries = self._kind_entries(pairs, path, "a put step", _PUT_KEYS)
         put = self._string(entries["put"], _at(path, "put"), nonempty=True)
         resource = self._optional(entries, "resource", path, self._name_string) or put
         params = self._opaque(_present(entries, "params"), _at(path, "params"))
@@ -778,6 +1112,11 @@ class _Reader:
         inputs = None
         if inputs_node is not None:
             inputs = self._put_inputs(inputs_node, _at(path, "inputs"))
+        tags = self._optional(entries, "tags", path, self._strings)
+        no_get = self._optional(entries, "no_get", path, self._bool)
+        modifiers = self._modifiers(entries, path)
+        if resource is not None:
+            self._used_resources.add(resource)
         if put is None or resource is None:
             return None
         return PutStep(
@@ -785,36 +1124,101 @@ class _Reader:
             resource=resource,
             params=params,
             inputs="all" if inputs is None else inputs,
+            tags=tags or (),
+            no_get=bool(no_get),
             where=_where(path, node),
+            **modifiers,
         )
 
     def _task(self, node: Node, pairs: _Pairs, path: str) -> TaskStep | None:
         what = "a task step"
-        has_file = "file" in pairs
-        if has_file:
-            self._problem(pairs["file"][0], _at(path, "file"), _TASK_FILE)
-        entries = self._checked(pairs, path, what, _TASK_KEYS, also_known=("file",))
+        entries = self._kind_entries(pairs, path, what, _TASK_KEYS)
         task = self._string(entries["task"], _at(path, "task"), nonempty=True)
+        file = self._optional(entries, "file", path, self._artifact_path)
+        config_node = _present(entries, "config")
         config: TaskConfig | None = None
-        if has_file:
-            if "config" in entries:
-                config = self._config(entries["config"], _at(path, "config"))
-        else:
-            config_node = self._required(entries, "config", path, node, what, "a task config")
-            if config_node is not None:
-                config = self._config(config_node, _at(path, "config"))
+        if config_node is not None:
+            config = self._config(config_node, _at(path, "config"))
+            if "file" in entries:
+                self._problem_at(
+                    _at(path, "file"),
+                    "a task step takes `config` or `file`, not both: `file` names a task "
+                    "config to read from an artifact, `config` gives it inline",
+                )
+        elif "file" not in entries:
+            self._problem(
+                node,
+                _at(path, "config"),
+                "a task step needs `config` (the task config, inline) or `file` "
+                "(<artifact>/<path> of a task config file)",
+            )
         params = self._env(_present(entries, "params"), _at(path, "params"))
-        if task is None or config is None:
+        task_vars = self._opaque(_present(entries, "vars"), _at(path, "vars"))
+        image = self._optional(entries, "image", path, self._name_string)
+        input_mapping = self._optional(entries, "input_mapping", path, self._name_map) or {}
+        output_mapping = self._optional(entries, "output_mapping", path, self._name_map) or {}
+        privileged = self._optional(entries, "privileged", path, self._bool)
+        if privileged:
+            self._problem_at(
+                _at(path, "privileged"),
+                "privileged tasks are refused: steps run as restricted pods (no root, no "
+                "capabilities, no privilege escalation); build images with a rootless "
+                "builder (kaniko, buildah) instead",
+            )
+        writable = self._optional(entries, "writable_inputs", path, self._bool)
+        tags = self._optional(entries, "tags", path, self._strings)
+        modifiers = self._modifiers(entries, path)
+        if config is not None:
+            self._check_mappings(config, input_mapping, output_mapping, path, task)
+        if task is None or (config is None and file is None):
             return None
-        return TaskStep(task=task, config=config, params=params, where=_where(path, node))
+        return TaskStep(
+            task=task,
+            config=config,
+            file=file,
+            params=params,
+            vars=task_vars,
+            image=image,
+            input_mapping=input_mapping,
+            output_mapping=output_mapping,
+            writable_inputs=bool(writable),
+            tags=tags or (),
+            where=_where(path, node),
+            **modifiers,
+        )
+
+    def _check_mappings(
+        self,
+        config: TaskConfig,
+        input_mapping: Mapping[str, str],
+        output_mapping: Mapping[str, str],
+        path: str,
+        task: str | None,
+    ) -> None:
+        """Each mapping names an input (output) the task's config declares."""
+        for key, mapping, declared in (
+            ("input_mapping", input_mapping, [i.name for i in config.inputs]),
+            ("output_mapping", output_mapping, [o.name for o in config.outputs]),
+        ):
+            kind = key.split("_")[0]
+            for name in mapping:
+                if name not in declared:
+                    listing = ", ".join(declared) or "none"
+                    self._problem_at(
+                        _at(_at(path, key), name),
+                        f"{key} maps {name!r}, which is not an {kind} of task {task!r}; "
+                        f"its {kind}s: {listing}",
+                    )
 
     def _in_parallel(self, node: Node, pairs: _Pairs, path: str) -> InParallelStep | None:
-        entries = self._checked(pairs, path, "an in_parallel step", _IN_PARALLEL_KEYS)
+        what = "an in_parallel step"
+        entries = self._kind_entries(pairs, path, what, _IN_PARALLEL_KEYS, composite=True)
         value = entries["in_parallel"]
         here = _at(path, "in_parallel")
+        modifiers = self._modifiers(entries, path)
         if isinstance(value, SequenceNode):
             steps: list[Step] = self._list(value, here, self._step)
-            return InParallelStep(steps=tuple(steps), where=_where(path, node))
+            return InParallelStep(steps=tuple(steps), where=_where(path, node), **modifiers)
         if not isinstance(value, MappingNode):
             expectation = "a list of steps, or a mapping with steps, limit, fail_fast"
             self._expected(value, here, expectation)
@@ -831,8 +1235,246 @@ class _Reader:
         if steps_node is None:
             return None
         return InParallelStep(
-            steps=tuple(steps), limit=limit, fail_fast=bool(fail_fast), where=_where(path, node)
+            steps=tuple(steps),
+            limit=limit,
+            fail_fast=bool(fail_fast),
+            where=_where(path, node),
+            **modifiers,
         )
+
+    def _do(self, node: Node, pairs: _Pairs, path: str) -> DoStep | None:
+        entries = self._kind_entries(pairs, path, "a do step", _DO_KEYS, composite=True)
+        here = _at(path, "do")
+        value = entries["do"]
+        modifiers = self._modifiers(entries, path)
+        if not isinstance(value, SequenceNode):
+            self._expected(value, here, "a list of steps")
+            return None
+        steps: list[Step] = self._list(value, here, self._step)
+        return DoStep(steps=tuple(steps), where=_where(path, node), **modifiers)
+
+    def _try(self, node: Node, pairs: _Pairs, path: str) -> TryStep | None:
+        entries = self._kind_entries(pairs, path, "a try step", _TRY_KEYS, composite=True)
+        step = self._step(entries["try"], _at(path, "try"))
+        modifiers = self._modifiers(entries, path)
+        if step is None:
+            return None
+        return TryStep(step=step, where=_where(path, node), **modifiers)
+
+    def _load_var(self, node: Node, pairs: _Pairs, path: str) -> LoadVarStep | None:
+        what = "a load_var step"
+        entries = self._kind_entries(pairs, path, what, _LOAD_VAR_KEYS)
+        name = self._string(entries["load_var"], _at(path, "load_var"), nonempty=True)
+        if name is not None and not _VAR_NAME.fullmatch(name):
+            self._problem_at(
+                _at(path, "load_var"),
+                f"a local var's name is letters, digits, '-' and '_'; found {name!r}",
+            )
+        file_node = self._required(entries, "file", path, node, what, "<artifact>/<path>")
+        file = self._artifact_path(file_node, _at(path, "file")) if file_node else None
+        format_ = self._optional(entries, "format", path, self._string)
+        if format_ is not None and format_ not in LOAD_VAR_FORMATS:
+            self._problem_at(
+                _at(path, "format"),
+                f"format must be one of {', '.join(LOAD_VAR_FORMATS)}; found {format_!r}",
+            )
+        reveal = self._optional(entries, "reveal", path, self._bool)
+        modifiers = self._modifiers(entries, path)
+        if name is None or file is None:
+            return None
+        return LoadVarStep(
+            load_var=name,
+            file=file,
+            format=format_,
+            reveal=bool(reveal),
+            where=_where(path, node),
+            **modifiers,
+        )
+
+    def _set_pipeline(self, node: Node, pairs: _Pairs, path: str) -> SetPipelineStep | None:
+        what = "a set_pipeline step"
+        entries = self._kind_entries(pairs, path, what, _SET_PIPELINE_KEYS)
+        name = self._string(entries["set_pipeline"], _at(path, "set_pipeline"), nonempty=True)
+        file_node = self._required(entries, "file", path, node, what, "<artifact>/<path>")
+        file = self._artifact_path(file_node, _at(path, "file")) if file_node else None
+        pipeline_vars = self._opaque(_present(entries, "vars"), _at(path, "vars"))
+        var_files: list[str] = []
+        var_files_node = _present(entries, "var_files")
+        if var_files_node is not None:
+            var_files = self._list(var_files_node, _at(path, "var_files"), self._artifact_path)
+        modifiers = self._modifiers(entries, path)
+        if name is None or file is None:
+            return None
+        return SetPipelineStep(
+            set_pipeline=name,
+            file=file,
+            vars=pipeline_vars,
+            var_files=tuple(var_files),
+            where=_where(path, node),
+            **modifiers,
+        )
+
+    def _across(self, node: Node, pairs: _Pairs, path: str, kind: str) -> AcrossStep | None:
+        """A step with ``across``: one copy per combination of values, ``((.:var))`` filled in.
+
+        Hooks (and ``fail_fast``) belong to the across as a whole; everything else of the
+        step is read once per copy, from the step's YAML with the values in place.
+        """
+        here = _at(path, "across")
+        across_vars = self._across_vars(pairs["across"][1], here)
+        for key in ("across", "fail_fast", *HOOK_KEYS):
+            if key in pairs:
+                self._nodes.setdefault(_at(path, key), pairs[key][1])
+        fail_fast = None
+        if "fail_fast" in pairs and not _is_null(pairs["fail_fast"][1]):
+            fail_fast = self._bool(pairs["fail_fast"][1], _at(path, "fail_fast"))
+        hooks = self._hooks({k: pairs[k][1] for k in HOOK_KEYS if k in pairs}, path)
+        template = {k: v for k, v in pairs.items() if k not in ("across", "fail_fast", *HOOK_KEYS)}
+        if across_vars is None:
+            self._core(node, template, path, kind)  # for the problems of the step itself
+            return None
+        combinations = list(itertools.product(*(v.values for v in across_vars)))
+        steps = []
+        for values in combinations:
+            scope = {v.var: value for v, value in zip(across_vars, values, strict=True)}
+            filled = {
+                k: (key_node, self._fill_local(value_node, scope, _at(path, k)))
+                for k, (key_node, value_node) in template.items()
+            }
+            steps.append(self._core(node, filled, path, kind))
+        if any(step is None for step in steps):
+            return None
+        return AcrossStep(
+            vars=tuple(across_vars),
+            combinations=tuple(tuple(c) for c in combinations),
+            steps=tuple(s for s in steps if s is not None),
+            fail_fast=bool(fail_fast),
+            hooks=hooks,
+            where=_where(path, node),
+        )
+
+    def _across_vars(self, node: Node, path: str) -> list[AcrossVar] | None:
+        self._nodes.setdefault(path, node)
+        if not isinstance(node, SequenceNode) or not node.value:
+            self._expected(node, path, "a non-empty list of vars (var, values, max_in_flight)")
+            return None
+        before = len(self.problems)
+        across_vars = self._list(node, path, self._across_var)
+        names: dict[str, int] = {}
+        for index, var in enumerate(across_vars):
+            first = names.setdefault(var.var, index)
+            if first != index:
+                self._problem_at(
+                    f"{path}[{index}].var",
+                    f"across var {var.var!r} is already declared by {path}[{first}]",
+                )
+        return across_vars if len(self.problems) == before else None
+
+    def _across_var(self, node: Node, path: str) -> AcrossVar | None:
+        what = "an across var"
+        entries = self._mapping(node, path, what, _ACROSS_VAR_KEYS)
+        if entries is None:
+            return None
+        name = self._required_string(entries, "var", path, node, what)
+        values_node = self._required(entries, "values", path, node, what, "a list of values")
+        values: list[Any] | None = None
+        if values_node is not None:
+            plain = self._plain(values_node, _at(path, "values"))
+            if isinstance(plain, str) and LOCAL_VAR.search(plain):
+                self._problem_at(
+                    _at(path, "values"),
+                    "across values from a local var (load_var) are not supported yet; "
+                    "give the values as a list",
+                )
+            elif not isinstance(plain, list) or not plain:
+                self._expected(values_node, _at(path, "values"), "a non-empty list of values")
+            else:
+                values = plain
+        limit_node = _present(entries, "max_in_flight")
+        limit: int | None = 1
+        if limit_node is not None:
+            if self._value(limit_node, _at(path, "max_in_flight")) == "all":
+                limit = None
+            else:
+                limit = self._positive_int(limit_node, _at(path, "max_in_flight"))
+                if limit is None:
+                    return None
+        if name is None or values is None:
+            return None
+        return AcrossVar(var=name, values=tuple(values), max_in_flight=limit)
+
+    def _fill_local(self, node: Node, scope: Mapping[str, Any], path: str) -> Node:
+        """A copy of ``node`` with the across vars of ``scope`` filled in (others left as text)."""
+        if isinstance(node, MappingNode):
+            pairs = [(k, self._fill_local(v, scope, path)) for k, v in node.value]
+            return MappingNode(node.tag, pairs, node.start_mark, node.end_mark, node.flow_style)
+        if isinstance(node, SequenceNode):
+            items = [self._fill_local(v, scope, path) for v in node.value]
+            return SequenceNode(node.tag, items, node.start_mark, node.end_mark, node.flow_style)
+        if not isinstance(node, ScalarNode) or isinstance(node, _VarScalar):
+            return node
+        if node.tag != _STR_TAG or "((" not in node.value:
+            return node
+        text: str = node.value
+        whole = LOCAL_VAR.fullmatch(text.strip())
+        if whole is not None and whole.group(1) in scope:
+            found, value = _field(scope[whole.group(1)], whole.group(2))
+            if found:
+                return _value_node(value, ref=f".:{whole.group(1)}", at=node)
+
+        def one(match: re.Match[str]) -> str:
+            if match.group(1) not in scope:
+                return match.group(0)
+            found, value = _field(scope[match.group(1)], match.group(2))
+            if not found or isinstance(value, Mapping | list | tuple) or value is None:
+                self._problem(
+                    node,
+                    path,
+                    f"{match.group(0)} cannot be embedded in a longer string: it holds "
+                    f"{_python_kind(value) if found else 'no such field'}",
+                )
+                return match.group(0)
+            return _stringify(value)
+
+        filled = LOCAL_VAR.sub(one, text)
+        return ScalarNode(_STR_TAG, filled, node.start_mark, node.end_mark, node.style)
+
+    def _artifact_path(self, node: Node, path: str) -> str | None:
+        """``<artifact>/<path>``: a file inside an artifact of the build."""
+        text = self._string(node, path, nonempty=True)
+        if text is None:
+            return None
+        artifact, _, inside = text.partition("/")
+        if not artifact or not inside.strip("/") or ".." in inside.split("/"):
+            self._problem_at(
+                path,
+                f"expected <artifact>/<path to a file in it>, like repo/ci/task.yml; found {text!r}",
+            )
+            return None
+        return text
+
+    def _name_map(self, node: Node, path: str) -> dict[str, str] | None:
+        """``input_mapping``/``output_mapping``: names to names."""
+        pairs = self._entries(node, path, "a mapping of names")
+        if pairs is None:
+            return None
+        result = {}
+        for key, (_, value) in pairs.items():
+            name = self._name_string(value, _at(path, key))
+            if name is not None:
+                result[key] = name
+        return result
+
+    def _timeout(self, node: Node, path: str) -> str | None:
+        text = self._string(node, path)
+        if text is None:
+            return None
+        if not _DURATION.fullmatch(text) or text == "never" or duration_seconds(text) < 1:
+            self._problem_at(
+                path, f"timeout must be a duration like '90s', '10m' or '1h30m'; found {text!r}"
+            )
+            return None
+        return text
 
     # ------------------------------------------------------------ task config
 
@@ -885,9 +1527,19 @@ class _Reader:
                 _at(path, "source.repository"),
                 "an image_resource needs source.repository, the image to run the task in",
             )
+        version = None
+        version_node = _present(entries, "version")
+        if version_node is not None:
+            read = self._version(version_node, _at(path, "version"))
+            if isinstance(read, Mapping):
+                version = read
+            elif read is not None:
+                self._expected(
+                    version_node, _at(path, "version"), "a mapping, like {digest: sha256:…}"
+                )
         if type_ is None:
             return None
-        return ImageResource(type=type_, source=source)
+        return ImageResource(type=type_, source=source, version=version)
 
     def _task_inputs(self, node: Node, path: str) -> tuple[TaskInput, ...] | None:
         return tuple(self._list(node, path, self._task_input))
@@ -923,9 +1575,14 @@ class _Reader:
     def _check_mounts(
         self, inputs: Sequence[TaskInput], outputs: Sequence[TaskOutput], path: str
     ) -> None:
-        """Inputs and outputs are separate mounts: each needs a name and a path of its own."""
+        """Inputs and outputs are separate mounts: each needs a name and a path of its own.
+
+        The one exception: an output with an input's name (and path) is a writable copy
+        of that input, mounted in its place.
+        """
         names: dict[tuple[str, str], str] = {}
-        mounts: dict[str, str] = {}
+        mounts: dict[str, tuple[str, str]] = {}  # mount → (path of the first, its name)
+        input_mounts = {x.name: x.mount for x in inputs}
         declared = [("inputs", i, x.name, x.mount) for i, x in enumerate(inputs)]
         declared += [("outputs", i, x.name, x.mount) for i, x in enumerate(outputs)]
         for kind, index, name, mount in declared:
@@ -934,16 +1591,27 @@ class _Reader:
             if first != here:
                 self._problem_at(here, f"{kind[:-1]} {name!r} is declared twice; first at {first}")
                 continue
-            first = mounts.setdefault(mount, here)
-            if first == here:
+            if kind == "outputs" and name in input_mounts:
+                if input_mounts[name] != mount:
+                    self._problem_at(
+                        here,
+                        f"output {name!r} has the name of an input but another path ({mount!r}, "
+                        f"the input's is {input_mounts[name]!r}); an output named after an "
+                        "input is a writable copy of it, in its place: give both one path",
+                    )
                 continue
-            if kind == "outputs" and ".inputs[" in first:
+            first_path, first_name = mounts.setdefault(mount, (here, name))
+            if first_path == here:
+                continue
+            if kind == "outputs" and ".inputs[" in first_path:
                 message = (
-                    f"output {name!r} would be mounted at {mount!r}, where {first} mounts an "
-                    "input; inputs are read-only in JetBridge, so give the output its own path"
+                    f"output {name!r} would be mounted at {mount!r}, where {first_path} mounts "
+                    f"input {first_name!r}; inputs are read-only in JetBridge: to write into "
+                    f"it, name the output {first_name!r} (a writable copy that becomes the "
+                    "output), or give the output its own path"
                 )
             else:
-                message = f"path {mount!r} is already used by {first}"
+                message = f"path {mount!r} is already used by {first_path}"
             self._problem_at(here, message)
 
     def _run(self, node: Node, path: str) -> RunConfig | None:
@@ -976,8 +1644,34 @@ class _Reader:
             f"resources: {declared}",
         )
 
+    def _check_unused(self, resources: Sequence[Resource]) -> None:
+        """Concourse refuses a resource no job gets or puts; so does JetBridge."""
+        for resource in resources:
+            if resource.name not in self._used_resources:
+                self._problem_at(
+                    _at(_where_path(resource.where), "name"),
+                    f"resource {resource.name!r} is not used by any job; remove it, or get or "
+                    "put it in a job (Concourse refuses unused resources too)",
+                )
+
+    def _check_get_names(self, job: Job) -> None:
+        """A job's gets have names of their own: Concourse refuses a repeated one."""
+        seen: dict[str, GetStep] = {}
+        for step in _walk(_job_steps(job), first_copy_only=True):
+            if not isinstance(step, GetStep):
+                continue
+            first = seen.setdefault(step.get, step)
+            if first is step:
+                continue
+            where = first.where or Where(path=_ROOT)
+            self._problem_at(
+                _at(_where_path(step.where), "get"),
+                f"get {step.get!r} is already in job {job.name!r} at {where.path} (line "
+                f"{where.line}); give this one another name, with `resource: {step.resource}`",
+            )
+
     def _check_passed(self, job: Job) -> None:
-        for step in _flatten(job.plan):
+        for step in _walk(_job_steps(job)):
             if not isinstance(step, GetStep):
                 continue
             for index, other in enumerate(step.passed):
@@ -996,50 +1690,160 @@ class _Reader:
                         f"{step.resource!r}, so no version of it can pass that job",
                     )
 
-    def _check_artifacts(self, job: Job) -> None:
-        """Every task input is produced by an earlier step (the artifact-naming rules)."""
-        available: dict[str, None] = {}
-        for step in job.plan:
-            available.update(dict.fromkeys(self._produce(step, available, job.name)))
+    def _check_passed_cycles(self, jobs: Sequence[Job]) -> None:
+        """``passed`` constraints that go round in a circle let no version through, ever."""
+        edges: dict[str, dict[str, str]] = {}  # job → passed job → path of the passed entry
+        for job in jobs:
+            for step in _walk(_job_steps(job)):
+                if isinstance(step, GetStep):
+                    for index, other in enumerate(step.passed):
+                        if other in self._jobs:
+                            path = f"{_at(_where_path(step.where), 'passed')}[{index}]"
+                            edges.setdefault(job.name, {}).setdefault(other, path)
+        reported: set[str] = set()
+        for job in jobs:
+            if job.name in reported:
+                continue
+            cycle = _cycle_through(job.name, edges)
+            if cycle is None:
+                continue
+            reported.update(cycle)
+            shown = " → ".join([*cycle, cycle[0]])
+            self._problem_at(
+                edges[cycle[0]][cycle[1 % len(cycle)]],
+                f"passed constraints form a cycle: {shown} (each job takes only versions "
+                "that passed the next), so no version can ever reach these jobs",
+            )
 
-    def _produce(self, step: Step, available: Mapping[str, None], job: str) -> list[str]:
-        """Check ``step``'s inputs against ``available``; return the artifacts it produces."""
-        earlier = ", ".join(available) or "nothing"
+    def _check_flow(self, job: Job) -> None:
+        """Artifacts and local vars: each is made by an earlier step before a step reads it."""
+        flow = _Flow()
+        for step in job.plan:
+            flow = self._flow(step, flow, job.name)
+        for _, hook in job.hooks.items():
+            self._flow(hook, flow, job.name)
+
+    def _flow(self, step: Step, flow: _Flow, job: str) -> _Flow:
+        """Check ``step`` against what came before; what the steps after it can use."""
         base = _where_path(step.where)
+        after = flow
+        if isinstance(step, AcrossStep):
+            for copy_ in step.steps:  # each copy is a scope of its own: nothing leaves it
+                self._flow(copy_, flow, job)
+        elif isinstance(step, DoStep):
+            for child in step.steps:
+                after = self._flow(child, after, job)
+        elif isinstance(step, TryStep):
+            after = self._flow(step.step, flow, job)
+        elif isinstance(step, InParallelStep):
+            # Every child sees what came before it, none sees its siblings'.
+            produced: dict[str, str] = {}
+            for child in step.steps:
+                child_after = self._flow(child, flow, job)
+                child_path = _where_path(child.where)
+                for name, producer in child_after.artifacts.items():
+                    if flow.artifacts.get(name) == producer:
+                        continue
+                    first = produced.setdefault(name, child_path)
+                    if first != child_path:
+                        self._problem_at(
+                            child_path,
+                            f"artifact {name!r} is produced by both {first} and this step, "
+                            "which run in parallel; give one of them another name",
+                        )
+                after = after.merged(child_after)
+        else:
+            self._check_local_refs(step, flow, job)
+            after = self._leaf_flow(step, flow, job, base)
+        for name, hook in step.hooks.items():
+            hook_after = self._flow(hook, after, job)
+            if name in ("on_success", "ensure"):  # ran whenever the steps after it run
+                after = after.merged(hook_after)
+        return after
+
+    def _leaf_flow(self, step: Step, flow: _Flow, job: str, base: str) -> _Flow:
+        def need(name: str, path: str, what: str) -> None:
+            if name not in flow.artifacts and not flow.anything:
+                earlier = ", ".join(flow.artifacts) or "nothing"
+                self._problem_at(
+                    path,
+                    f"{what} but no earlier step in job {job!r} produces it; "
+                    f"earlier steps produce: {earlier}",
+                )
+
         if isinstance(step, GetStep):
-            return [step.get]
+            return flow.with_artifacts({step.get: base})
         if isinstance(step, PutStep):
             if isinstance(step.inputs, tuple):
                 for index, name in enumerate(step.inputs):
-                    if name not in available:
-                        self._problem_at(
-                            f"{base}.inputs[{index}]",
-                            f"put {step.put!r} lists input {name!r} but no earlier step in job "
-                            f"{job!r} produces it; earlier steps produce: {earlier}",
-                        )
-            return []
+                    need(name, f"{base}.inputs[{index}]", f"put {step.put!r} lists input {name!r}")
+            return flow
         if isinstance(step, TaskStep):
-            for index, task_input in enumerate(step.config.inputs):
-                if task_input.optional or task_input.name in available:
-                    continue
-                self._problem_at(
-                    f"{base}.config.inputs[{index}]",
-                    f"task {step.task!r} needs input {task_input.name!r} but no earlier step in "
-                    f"job {job!r} produces it; earlier steps produce: {earlier}",
+            produced = {step.output_mapping.get(o, o): base for o in _declared_outputs(step)}
+            if step.file is not None:
+                artifact = step.file.split("/", 1)[0]
+                need(
+                    artifact,
+                    f"{base}.file",
+                    f"task {step.task!r} reads its config from {step.file!r}, from artifact "
+                    f"{artifact!r},",
                 )
-            return [output.name for output in step.config.outputs]
-        # in_parallel: every child sees what came before it, none sees its siblings'.
-        produced: dict[str, str] = {}
-        for child in step.steps:
-            for name in self._produce(child, available, job):
-                first = produced.setdefault(name, _where_path(child.where))
-                if first != _where_path(child.where):
-                    self._problem_at(
-                        _where_path(child.where),
-                        f"artifact {name!r} is produced by both {first} and this step, which "
-                        "run in parallel; give one of them another name",
-                    )
-        return list(produced)
+            if step.image is not None:
+                need(
+                    step.image, f"{base}.image", f"task {step.task!r} runs in image {step.image!r}"
+                )
+            for index, task_input in enumerate(step.config.inputs if step.config else ()):
+                artifact = step.input_mapping.get(task_input.name, task_input.name)
+                if task_input.optional:
+                    continue
+                mapped = f" (mapped to {artifact!r})" if artifact != task_input.name else ""
+                need(
+                    artifact,
+                    f"{base}.config.inputs[{index}]",
+                    f"task {step.task!r} needs input {task_input.name!r}{mapped}",
+                )
+            after = flow.with_artifacts(produced)
+            # A task file's outputs are only known when it is read: it may make any name.
+            return replace(after, anything=True) if step.file is not None else after
+        if isinstance(step, LoadVarStep):
+            artifact = step.file.split("/", 1)[0]
+            need(
+                artifact,
+                f"{base}.file",
+                f"load_var {step.load_var!r} reads {step.file!r}, from artifact {artifact!r},",
+            )
+            first = flow.local_vars.get(step.load_var)
+            if first is not None:
+                self._problem_at(
+                    _at(base, "load_var"),
+                    f"local var {step.load_var!r} is already set by {first}; a job sets each "
+                    "local var once",
+                )
+            return replace(flow, local_vars={**flow.local_vars, step.load_var: base})
+        if isinstance(step, SetPipelineStep):
+            for index, file in enumerate((step.file, *step.var_files)):
+                artifact = file.split("/", 1)[0]
+                path = f"{base}.file" if index == 0 else f"{base}.var_files[{index - 1}]"
+                need(
+                    artifact,
+                    path,
+                    f"set_pipeline {step.set_pipeline!r} reads {file!r}, from artifact "
+                    f"{artifact!r},",
+                )
+        return flow
+
+    def _check_local_refs(self, step: Step, flow: _Flow, job: str) -> None:
+        """Every ``((.:var))`` a step uses is set by an earlier load_var of its job."""
+        for name in dict.fromkeys(_local_refs(step)):
+            if name in flow.local_vars:
+                continue
+            known = ", ".join(flow.local_vars) or "none"
+            self._problem_at(
+                _where_path(step.where),
+                f"((.:{name})) is used here, but no earlier load_var step in job {job!r} sets "
+                f"it (local vars set so far: {known}); an across var is only known inside "
+                "its own step",
+            )
 
     # ------------------------------------------------------------ mappings and lists
 
@@ -1087,9 +1891,14 @@ class _Reader:
         allowed: Sequence[str],
         *,
         also_known: Sequence[str] = (),
+        modifiers: Sequence[str] = (),
     ) -> dict[str, Node]:
-        """The values of ``pairs``, with a problem for each key outside ``allowed``."""
+        """The values of ``pairs``, with a problem for each key outside ``allowed``
+        (or ``modifiers``, which messages list apart)."""
         listing = ", ".join(allowed)
+        if modifiers:
+            listing += f", and the step modifiers {', '.join(modifiers)}"
+        allowed = (*allowed, *modifiers)
         for key, (key_node, _) in pairs.items():
             if key in allowed or key in also_known:
                 continue
@@ -1366,17 +2175,131 @@ def _present(entries: Mapping[str, Node], key: str) -> Node | None:
     return None if node is None or _is_null(node) else node
 
 
-def _flatten(steps: Sequence[Step]) -> Iterator[Step]:
-    """Every step, with the children of each in_parallel in place of it."""
+def _job_steps(job: Job) -> tuple[Step, ...]:
+    """A job's plan and its hooks: every step a build of it may run."""
+    return (*job.plan, *(step for _, step in job.hooks.items()))
+
+
+def children(step: Step) -> tuple[Step, ...]:
+    """The steps directly inside ``step`` (not its hooks)."""
+    if isinstance(step, InParallelStep | DoStep | AcrossStep):
+        return step.steps
+    if isinstance(step, TryStep):
+        return (step.step,)
+    return ()
+
+
+def _walk(steps: Sequence[Step], *, first_copy_only: bool = False) -> Iterator[Step]:
+    """Every step, depth first: composites, their children, and every hook.
+
+    ``first_copy_only``: of an across step, only its first copy (what Concourse validates:
+    the step as written).
+    """
     for step in steps:
-        if isinstance(step, InParallelStep):
-            yield from _flatten(step.steps)
-        else:
-            yield step
+        yield step
+        inner = children(step)
+        if first_copy_only and isinstance(step, AcrossStep):
+            inner = inner[:1]
+        yield from _walk(inner, first_copy_only=first_copy_only)
+        yield from _walk([hook for _, hook in step.hooks.items()], first_copy_only=first_copy_only)
 
 
 def _resources_used(job: Job) -> set[str]:
-    return {s.resource for s in _flatten(job.plan) if isinstance(s, GetStep | PutStep)}
+    return {s.resource for s in _walk(_job_steps(job)) if isinstance(s, GetStep | PutStep)}
+
+
+def _declared_outputs(step: TaskStep) -> list[str]:
+    """The outputs a task step's inline config declares, or those it maps (a task file's)."""
+    if step.config is not None:
+        return [o.name for o in step.config.outputs]
+    return list(step.output_mapping)
+
+
+def _strings_in(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings_in(key)
+            yield from _strings_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings_in(item)
+
+
+def _local_refs(step: Step) -> Iterator[str]:
+    """The names of the local vars (``((.:name))``) a get, put, task, load_var or
+    set_pipeline step uses, where JetBridge fills them: in its strings, at run time."""
+    values: list[Any] = []
+    if isinstance(step, GetStep | PutStep):
+        values = [step.params]
+    elif isinstance(step, TaskStep):
+        values = [step.params, step.vars, step.file, step.image]
+        if step.config is not None:
+            run = step.config.run
+            values += [run.path, run.args, run.dir, run.user, step.config.params]
+    elif isinstance(step, LoadVarStep):
+        values = [step.file]
+    elif isinstance(step, SetPipelineStep):
+        values = [step.file, step.vars, step.var_files]
+    for text in _strings_in(values):
+        for match in LOCAL_VAR.finditer(text):
+            yield match.group(1)
+
+
+def _field(value: Any, fields: str) -> tuple[bool, Any]:
+    """``value`` followed through ``.a.b`` (as written after a var's name)."""
+    for name in [f for f in fields.split(".") if f]:
+        if not isinstance(value, Mapping) or name not in value:
+            return False, None
+        value = value[name]
+    return True, value
+
+
+def _cycle_through(start: str, edges: Mapping[str, Mapping[str, str]]) -> list[str] | None:
+    """The shortest cycle of ``edges`` from ``start`` back to it, as a list of nodes."""
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for nxt in edges.get(node, {}):
+                if nxt == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return list(reversed(path))
+                if nxt not in previous:
+                    previous[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    return None
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """What the steps so far have made, as the next step sees it."""
+
+    artifacts: Mapping[str, str] = field(default_factory=dict)
+    """Artifact name → path of the step that made it (the latest)."""
+    anything: bool = False
+    """A task read its config from a file: it may have made any name."""
+    local_vars: Mapping[str, str] = field(default_factory=dict)
+    """Local var → path of the load_var that set it."""
+
+    def with_artifacts(self, made: Mapping[str, str]) -> _Flow:
+        return replace(self, artifacts={**self.artifacts, **made})
+
+    def merged(self, other: _Flow) -> _Flow:
+        return _Flow(
+            artifacts={**self.artifacts, **other.artifacts},
+            anything=self.anything or other.anything,
+            local_vars={**self.local_vars, **other.local_vars},
+        )
+
+
+#: What a local var may be called: a name Concourse accepts as an identifier.
+_VAR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 
 def _stringify(value: object) -> str:

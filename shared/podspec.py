@@ -1,10 +1,29 @@
 """Building a step's pod: one pure function from a step to a ``V1Pod``.
 
-Everything that needs I/O (the artifact subpaths, the ids) is looked up before
-and passed in, so the builder is tested as data against golden files. Both
-runtimes consume what it returns: the cluster creates it, the local runtime
+Everything that needs I/O (the artifact subpaths, the ids, the node a build is
+pinned to, which env values are secrets) is looked up before and passed in, so
+the builder is tested as data against golden files (``tests/testdata/pods/``).
+Both runtimes consume what it returns: the cluster creates it, the local runtime
 runs it on this machine. No init containers and no sidecars: inputs and outputs
 are ``subPath`` mounts of the one artifact-store claim.
+
+What every pod gets, and why:
+
+- the Pod Security Standard "restricted" (non-root user, no privilege
+  escalation, every capability dropped, ``RuntimeDefault`` seccomp), no
+  service-account token and no service links: a step is untrusted code;
+- ``restartPolicy: Never`` and ``activeDeadlineSeconds``: a step runs once and
+  never longer than its timeout;
+- a writable ``emptyDir`` at ``/tmp`` (``HOME`` and the working directory live
+  under it), so images with a read-only or root-owned file system still work;
+- requests and limits, image pull secrets, node selector and tolerations from
+  settings;
+- with a ReadWriteOnce claim (``PodSettings.pin_to_node``), pod affinity to the
+  other pods of its build, plus node affinity to ``node`` once the caller knows
+  where the build's first pod ran: one node can mount the claim, so all of a
+  build's pods go there;
+- env values that are secrets (``secret_env``) as ``secretKeyRef``s to the
+  build's Secret (``secret_name``), never as literals in the pod.
 """
 
 from __future__ import annotations
@@ -16,25 +35,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client import (
+    V1Affinity,
     V1Capabilities,
     V1Container,
     V1EmptyDirVolumeSource,
     V1EnvVar,
+    V1EnvVarSource,
+    V1LabelSelector,
     V1LocalObjectReference,
+    V1NodeAffinity,
+    V1NodeSelector,
+    V1NodeSelectorRequirement,
+    V1NodeSelectorTerm,
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
     V1Pod,
+    V1PodAffinity,
+    V1PodAffinityTerm,
     V1PodSecurityContext,
     V1PodSpec,
     V1ResourceRequirements,
     V1SeccompProfile,
+    V1SecretKeySelector,
     V1SecurityContext,
     V1Toleration,
     V1Volume,
     V1VolumeMount,
 )
 
-from shared.plan import StepSpec
+from shared.plan import StepSpec, tag_node_selector
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PREFIX = "jetbridge.dev/"
@@ -52,6 +81,18 @@ CONTAINER = "step"
 MAX_NAME = 63
 #: A non-root user for every step; 65532 is the conventional "nonroot" of distroless images.
 RUN_AS_USER = 65532
+#: The node label the scheduler groups pods by when pinning a build to one node.
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+#: What a Secret's keys may hold (``[-._a-zA-Z0-9]+``), checked before the API would refuse it.
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+#: JSON's spelling of a toleration's keys to the client model's.
+_TOLERATION_FIELDS = {
+    "key": "key",
+    "operator": "operator",
+    "value": "value",
+    "effect": "effect",
+    "tolerationSeconds": "toleration_seconds",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +131,20 @@ class PodSettings:
     image_pull_secrets: tuple[str, ...] = ()
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+    """Kubernetes tolerations as JSON spells them (``tolerationSeconds``)."""
+    pin_to_node: bool = False
+    """The claim is ReadWriteOnce: keep every pod of a build on one node."""
+    tag_labels: Mapping[str, str] = field(default_factory=dict)
+    """Worker tag → the node label (``key=value``) a step with that tag must run on."""
+
+
+def secret_name(build_id: int) -> str:
+    """The Secret that holds a build's secret env values (``secret_env`` refers into it).
+
+    One per build, so a build only ever sees its own values, and the reaper removes
+    it with the build's other leftovers.
+    """
+    return f"jb-{int(build_id)}-secrets"
 
 
 def pod_name(ids: PodIds, step_name: str) -> str:
@@ -107,9 +162,23 @@ def pod_name(ids: PodIds, step_name: str) -> str:
 
 
 def build_step_pod(
-    step: StepSpec, *, ids: PodIds, mounts: Sequence[Mount], settings: PodSettings
+    step: StepSpec,
+    *,
+    ids: PodIds,
+    mounts: Sequence[Mount],
+    settings: PodSettings,
+    node: str | None = None,
+    secret_env: Mapping[str, str] | None = None,
 ) -> V1Pod:
-    """The pod that runs one attempt of ``step``."""
+    """The pod that runs one attempt of ``step``.
+
+    ``node``: where the build's first pod ran, looked up by the caller; with
+    ``settings.pin_to_node`` the pod must run there too (ignored otherwise).
+    ``secret_env``: env name → key in the build's Secret (``secret_name``). Those
+    variables reach the container through ``secretKeyRef``; a literal value the
+    step has for the same name is left out of the pod. Raises ``ValueError`` for
+    a key a Secret cannot hold.
+    """
     workdir = settings.workdir.rstrip("/")
     volume_mounts = [V1VolumeMount(name=TMP_VOLUME, mount_path="/tmp")]
     for m in sorted(mounts, key=lambda m: m.mount):
@@ -124,7 +193,7 @@ def build_step_pod(
     image = step.image or settings.resource_image
     if step.resource is not None and step.resource.image:
         image = step.resource.image
-    env = [V1EnvVar(name=k, value=_literal(v)) for k, v in sorted(step.env.items())]
+    env = _env(step.env, secret_env or {}, build_id=ids.build_id)
     container = V1Container(
         name=CONTAINER,
         image=image,
@@ -168,6 +237,9 @@ def build_step_pod(
                 run_as_user=RUN_AS_USER,
                 run_as_group=RUN_AS_USER,
                 fs_group=RUN_AS_USER,
+                # Without it the kubelet chowns the whole claim on every mount of a block
+                # volume: minutes for a big store, on every step.
+                fs_group_change_policy="OnRootMismatch",
                 seccomp_profile=V1SeccompProfile(type="RuntimeDefault"),
             ),
             containers=[container],
@@ -182,10 +254,74 @@ def build_step_pod(
             ],
             image_pull_secrets=[V1LocalObjectReference(name=s) for s in settings.image_pull_secrets]
             or None,
-            node_selector=dict(settings.node_selector) or None,
-            tolerations=[V1Toleration(**dict(t)) for t in settings.tolerations] or None,
+            node_selector={
+                **settings.node_selector,
+                **tag_node_selector(step.tags, settings.tag_labels),
+            }
+            or None,
+            tolerations=[_toleration(t) for t in settings.tolerations] or None,
+            affinity=_pinning(ids.build_id, node) if settings.pin_to_node else None,
         ),
     )
+
+
+def _env(
+    values: Mapping[str, str], secret_env: Mapping[str, str], *, build_id: int
+) -> list[V1EnvVar]:
+    """Plain values as literals, secret ones as references into the build's Secret."""
+    env = []
+    for name in sorted({*values, *secret_env}):
+        key = secret_env.get(name)
+        if key is None:
+            env.append(V1EnvVar(name=name, value=_literal(values[name])))
+            continue
+        if not _SECRET_KEY.fullmatch(key):
+            raise ValueError(
+                f"secret env {name!r} names key {key!r} of Secret {secret_name(build_id)}; "
+                "a Secret key holds only letters, digits, '-', '_' and '.'"
+            )
+        ref = V1SecretKeySelector(name=secret_name(build_id), key=key)
+        env.append(V1EnvVar(name=name, value_from=V1EnvVarSource(secret_key_ref=ref)))
+    return env
+
+
+def _pinning(build_id: int, node: str | None) -> V1Affinity:
+    """Keep a build's pods on one node (its ReadWriteOnce claim can be mounted on one only).
+
+    Pod affinity to the build's other pods covers pods launched side by side before
+    anyone knows a node (Kubernetes lets the first pod of a group whose selector it
+    matches itself go anywhere); node affinity to ``node`` covers a pod launched
+    after the others have ended, when there is no pod left to be near. ``matchFields``
+    on ``metadata.name`` names the node itself, unlike a hostname label, which a
+    provider may set to something else.
+    """
+    own_build = V1LabelSelector(match_labels={MANAGED_BY: "jetbridge", LABEL_BUILD: str(build_id)})
+    near_build = V1PodAffinity(
+        required_during_scheduling_ignored_during_execution=[
+            V1PodAffinityTerm(label_selector=own_build, topology_key=HOSTNAME_TOPOLOGY)
+        ]
+    )
+    on_node = None
+    if node:
+        on_node = V1NodeAffinity(
+            required_during_scheduling_ignored_during_execution=V1NodeSelector(
+                node_selector_terms=[
+                    V1NodeSelectorTerm(
+                        match_fields=[
+                            V1NodeSelectorRequirement(
+                                key="metadata.name", operator="In", values=[node]
+                            )
+                        ]
+                    )
+                ]
+            )
+        )
+    return V1Affinity(pod_affinity=near_build, node_affinity=on_node)
+
+
+def _toleration(data: Mapping[str, Any]) -> V1Toleration:
+    """A toleration as settings hold it (JSON's camelCase) as the client's model."""
+    return V1Toleration(**{_TOLERATION_FIELDS[k]: v for k, v in data.items()})
 
 
 def _literal(text: str) -> str:
@@ -210,3 +346,47 @@ def _label(text: str) -> str:
     """A valid label value: 63 characters of ``[A-Za-z0-9._-]``, alphanumeric at both ends."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:MAX_NAME]
     return cleaned.strip("-._")
+
+
+#: The build id ``preview_pods`` gives pods of a build that does not exist.
+PREVIEW_BUILD_ID = 0
+
+
+def preview_pods(
+    steps: Sequence[StepSpec], *, pipeline: str, job: str, settings: PodSettings
+) -> list[V1Pod]:
+    """The pods a build of ``steps`` would create, before any build exists (``jetbridge render``).
+
+    Stand-ins for what only a real build has: build id 0, step ids numbered in plan
+    order from 1, and each artifact at ``artifacts/0/<name>`` (``<name>.<step key>``
+    when the build makes that name more than once). A get whose version its check
+    will find is shown without a version.
+    """
+    producers: dict[str, list[str]] = {}
+    for spec in steps:
+        for output in spec.outputs:
+            producers.setdefault(output.name, []).append(spec.key)
+
+    def subpath(name: str, producer: str) -> str:
+        unique = len(producers.get(name, ())) <= 1
+        return f"artifacts/{PREVIEW_BUILD_ID}/{name if unique else f'{name}.{producer}'}"
+
+    pods = []
+    for number, spec in enumerate(steps, start=1):
+        mounts = [
+            Mount(subpath=subpath(i.name, i.producer), mount=i.mount, read_only=True)
+            for i in spec.inputs
+        ]
+        mounts += [
+            Mount(subpath=subpath(o.name, spec.key), mount=o.mount, read_only=False)
+            for o in spec.outputs
+        ]
+        ids = PodIds(
+            pipeline=pipeline,
+            job=job,
+            build_id=PREVIEW_BUILD_ID,
+            step_id=number,
+            step_key=spec.key,
+        )
+        pods.append(build_step_pod(spec, ids=ids, mounts=mounts, settings=settings))
+    return pods

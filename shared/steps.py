@@ -22,15 +22,16 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import artifacts, podstatus
+from shared import artifacts, launching, podstatus
 from shared import status as st
 from shared.builds import advance_build, step_finished_event
+from shared.conditions import explain_failure
 from shared.db import ArtifactRow, BuildRow, PipelineRow, SessionFactory, StepRow, transaction
-from shared.errors import NotFoundError
+from shared.errors import NotFoundError, PodRejected, RuntimeForbidden
 from shared.events import EventSink
 from shared.logstore import LogStore
-from shared.plan import StepSpec, with_version
-from shared.podspec import Mount, PodIds, PodSettings, build_step_pod, pod_name
+from shared.plan import INLINE_KINDS, StepSpec, with_version
+from shared.podspec import PodIds, PodSettings, build_step_pod, pod_name
 from shared.runtime import PodDict, Runtime
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,31 @@ def launch_step(
         if spec.version_from is not None:
             spec, problem = _checked_version(session, build_id, spec)
             missing += [problem] if problem else []
+        if not missing:  # what is only known now: a task file, local vars, an image artifact
+            had_file = spec.task_file is not None
+            spec, missing = launching.resolve(
+                session,
+                build_id=build_id,
+                spec=spec,
+                root=root,
+                host_images=launching.runs_on_host(runtime),
+            )
+            if had_file and not missing:
+                missing, inputs = _inputs(session, build_id, spec)
         if missing:
             message = f"{spec.kind} {spec.name!r} cannot start: " + "; ".join(missing)
             _finish(session, step, st.ERRORED, error=message, clock=clock)
+            to_emit = step_finished_event(build_id, step)
+        elif spec.kind in INLINE_KINDS:  # load_var, set_pipeline: done here, no pod
+            status, error, result = launching.run_inline(
+                session,
+                build_id=build_id,
+                pipeline=pipeline.name,
+                spec=spec,
+                root=root,
+                clock=clock,
+            )
+            _finish(session, step, status, error=error, clock=clock, result=result)
             to_emit = step_finished_event(build_id, step)
         else:
             to_emit = None
@@ -84,6 +107,8 @@ def launch_step(
             )
             name = pod_name(ids, spec.name)
             if step.status == st.SCHEDULED:
+                if step.attempt > 1:
+                    launching.detach_previous_attempts(session, step.id)
                 outputs = artifacts.register(
                     session,
                     build_id=build_id,
@@ -95,19 +120,21 @@ def launch_step(
                 session.execute(
                     update(StepRow)
                     .where(StepRow.id == step.id, StepRow.status == st.SCHEDULED)
-                    .values(status=st.RUNNING, pod_name=name, started_at=clock())
+                    # The spec as resolved now: a redelivery builds the very same pod.
+                    .values(
+                        status=st.RUNNING, pod_name=name, started_at=clock(), spec=spec.to_json()
+                    )
                 )
             else:
                 outputs = list(
                     session.scalars(select(ArtifactRow).where(ArtifactRow.step_id == step.id)).all()
                 )
             by_name = {o.name: o for o in outputs}
-            mounts = [Mount(subpath=a.subpath, mount=b.mount, read_only=True) for b, a in inputs]
-            mounts += [
-                Mount(subpath=by_name[o.name].subpath, mount=o.mount, read_only=False)
-                for o in spec.outputs
-                if o.name in by_name
-            ]
+            mounts = launching.mounts(spec, inputs, by_name)
+            # TODO(ReadWriteOnce): with pod_settings.pin_to_node, pass node= the node the
+            # build's first pod ran on (its spec.nodeName, to be kept with the build when that
+            # pod is seen scheduled). Until then only pods running at the same time are kept
+            # together (pod affinity); a step launched after the others ended may land elsewhere.
             pod = build_step_pod(spec, ids=ids, mounts=mounts, settings=pod_settings)
     if to_emit is not None:
         sink.emit(to_emit)
@@ -115,8 +142,43 @@ def launch_step(
         return None
     # The rows are committed: now the directories, then the pod (both idempotent).
     artifacts.make_directories(root, outputs)
-    runtime.launch(pod)
+    if any(o.from_input for o in spec.outputs) and runtime.read(name) is None:
+        # Writable inputs: copied before the pod exists, so a pod always sees a whole copy.
+        launching.copy_writable_inputs(root, spec, inputs, by_name)
+    try:
+        runtime.launch(pod)
+    except (PodRejected, RuntimeForbidden) as e:
+        # The same pod would be refused again: the step errors with the reason, so the
+        # build ends (and says why) instead of waiting for a pod that will never exist.
+        _refused(
+            sessions, build_id=build_id, step_id=step_id, pod=name, error=e, sink=sink, clock=clock
+        )
+        return None
     return name
+
+
+def _refused(
+    sessions: SessionFactory,
+    *,
+    build_id: int,
+    step_id: int,
+    pod: str,
+    error: Exception,
+    sink: EventSink,
+    clock: Clock,
+) -> None:
+    """Record a step errored because the runtime refused its pod."""
+    emitted = None
+    with transaction(sessions) as session:
+        step = session.get(StepRow, step_id)
+        assert step is not None
+        message = f"{step.kind} {step.name!r} could not start: {error}"
+        current = step.status == st.RUNNING and step.pod_name == pod
+        if current and _finish(session, step, st.ERRORED, error=message, clock=clock):
+            emitted = step_finished_event(build_id, step)
+    if emitted is not None:
+        sink.emit(emitted)
+    advance_build(sessions, build_id=build_id, sink=sink, clock=clock)
 
 
 def _checked_version(session: Session, build_id: int, spec: StepSpec) -> tuple[StepSpec, str]:
@@ -134,27 +196,9 @@ def _checked_version(session: Session, build_id: int, spec: StepSpec) -> tuple[S
 def _inputs(
     session: Session, build_id: int, spec: StepSpec
 ) -> tuple[list[str], list[tuple[Any, ArtifactRow]]]:
-    """Each input's ready artifact, or a sentence per input that is not there."""
-    missing: list[str] = []
-    found = []
-    for binding in spec.inputs:
-        producer = session.scalars(
-            select(StepRow).where(StepRow.build_id == build_id, StepRow.key == binding.producer)
-        ).one_or_none()
-        row = None
-        if producer is not None:
-            row = session.scalars(
-                select(ArtifactRow).where(
-                    ArtifactRow.step_id == producer.id,
-                    ArtifactRow.name == binding.name,
-                    ArtifactRow.state == artifacts.READY,
-                )
-            ).one_or_none()
-        if row is None:
-            missing.append(f"input {binding.name!r} from step {binding.producer} is not available")
-        else:
-            found.append((binding, row))
-    return missing, found
+    """Each input's ready artifact (from its producer, else its fallbacks), or a sentence
+    per input that is not there."""
+    return launching.find_inputs(session, build_id, spec)
 
 
 def finish_step(
@@ -167,11 +211,17 @@ def finish_step(
     sink: EventSink,
     clock: Clock,
     delete_pod: bool = True,
+    patience: podstatus.Patience | None = None,
+    deleted: bool = False,
 ) -> str | None:
     """Record the end of a step from its finished pod; returns the step's status, or ``None``.
 
     Pods JetBridge does not own, pods still running, and pods of attempts already
     recorded are ignored, so repeated and out-of-order events change nothing.
+    ``delete_pod=False`` leaves the finished pod for the reaper (``pod_retention_seconds``).
+    A pod that waits on what will not come (an image that does not pull past
+    ``patience``) errors its step and is deleted all the same. ``deleted``: the event
+    was a delete, and ``pod`` is the pod's last state.
     """
     ref = podstatus.pod_ref(pod)
     if ref is None:
@@ -182,7 +232,10 @@ def finish_step(
             return None
         kind, name, key = step.kind, step.name, step.key
         current = step.status == st.RUNNING and step.pod_name == ref.name
-    outcome = podstatus.outcome(pod, kind=kind, name=name)
+        spec = StepSpec.from_json(step.spec)
+    outcome = podstatus.outcome(
+        pod, kind=kind, name=name, now=clock(), patience=patience, deleted=deleted
+    )
     if outcome is None:
         return None
     data = b""
@@ -198,6 +251,10 @@ def finish_step(
         last = _last_line(data)
         if last:
             message = f"{message}: {last}"
+    # Where the plan knows more than the pod: its own timeout, a write to a read-only input.
+    status, message = explain_failure(
+        spec, status=outcome.status, reason=outcome.reason, message=message, log=data
+    )
     root = artifacts.require_root(store_root)
     emitted = None
     with transaction(sessions) as session:
@@ -207,22 +264,22 @@ def finish_step(
             _finish(
                 session,
                 step,
-                outcome.status,
+                status,
                 error=message,
                 clock=clock,
                 exit_code=outcome.exit_code,
                 result=dict(outcome.result),
             )
-            if outcome.status == st.SUCCEEDED:
+            if status == st.SUCCEEDED:
                 for row in session.scalars(
                     select(ArtifactRow).where(ArtifactRow.step_id == step.id)
                 ).all():
                     artifacts.mark_ready(session, row, root=root, clock=clock)
-            emitted = step_finished_event(ref.build_id, step)
+            emitted = step_finished_event(ref.build_id, step, reason=outcome.reason)
         final = step.status
     if emitted is not None:
         sink.emit(emitted)
-    if delete_pod:
+    if (delete_pod or outcome.doomed) and not deleted:
         runtime.delete(ref.name)
     # Always: a crash after the step was recorded must not leave the build stuck.
     advance_build(sessions, build_id=ref.build_id, sink=sink, clock=clock)

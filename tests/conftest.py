@@ -19,11 +19,26 @@ from sqlalchemy import Engine, create_engine, text
 
 from shared.db import make_engine, make_session_factory, upgrade
 from tests.fakes import FakeClock
+from tests.golden import UPDATE_OPTION
 
 POSTGRES_URL = os.environ.get(
     "JETBRIDGE_TEST_POSTGRES_URL", "postgresql+pg8000://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("JETBRIDGE_REQUIRE_POSTGRES") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        UPDATE_OPTION,
+        action="store_true",
+        help="rewrite the golden files under tests/testdata from the code (`make golden`)",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True when the run rewrites golden files instead of comparing (``make golden``)."""
+    return bool(request.config.getoption(UPDATE_OPTION))
 
 
 @pytest.fixture(scope="session")

@@ -10,22 +10,28 @@ from pathlib import Path
 import functions_framework
 from werkzeug.serving import make_server
 
+from shared import logs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def serve_function(name: str, target: str = "handle") -> Iterator[str]:
+def serve_function(
+    name: str, target: str = "handle", signature_type: str = "cloudevent"
+) -> Iterator[str]:
     """Serve ``functions/<name>/main.py`` as Knative would; yields its base URL."""
     app = functions_framework.create_app(
         target=target,
         source=str(ROOT / "functions" / name / "main.py"),
-        signature_type="cloudevent",
+        signature_type=signature_type,
     )
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for the loop to look, 0.5 s by default.
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/"
     finally:
         server.shutdown()
         thread.join()
+        logs.reset()  # the function's module set up JSON logs for this whole process

@@ -345,7 +345,10 @@ PROBLEMS = [
         """,
         "jobs[0].plan[0].foo",
         5,
-        "unknown key 'foo' in a task step; supported: task, config, params",
+        "unknown key 'foo' in a task step; supported: task, config, file, params, vars, image,"
+        " input_mapping, output_mapping, privileged, writable_inputs, tags, and the step"
+        " modifiers timeout, attempts, across, on_success, on_failure, on_abort, on_error,"
+        " ensure",
     ),
     (
         "unknown-key-in-run",
@@ -354,7 +357,8 @@ PROBLEMS = [
         - name: a
           plan:
           - get: r
-          - get: r
+          - get: s
+            resource: r
           - task: t
             config:
               platform: linux
@@ -364,36 +368,49 @@ PROBLEMS = [
         resources: [{name: r, type: git}]
         """,
         "jobs[0].plan[2].config.run.shell",
-        11,
+        12,
         "unknown key 'shell' in a task's run; supported: path, args, dir, user",
     ),
     (
         "unknown-key-in-resource",
+        """
+        resources: [{name: r, type: git, colour: red}]
+        jobs: [{name: a, plan: [{get: r}]}]
+        """,
+        "resources[0].colour",
+        1,
+        "unknown key 'colour' in a resource; supported: name, type, source, check_every,"
+        " webhook_token, icon",
+    ),
+    (
+        "planned-key-in-resource",
         """
         resources: [{name: r, type: git, version: {ref: x}}]
         jobs: [{name: a, plan: [{get: r}]}]
         """,
         "resources[0].version",
         1,
-        "unknown key 'version' in a resource; supported: name, type, source, check_every,"
+        "key 'version' in a resource is not supported: pinning a resource's version is planned"
+        " with resource versions (issue 6, part 2); supported: name, type, source, check_every,"
         " webhook_token, icon",
     ),
     (
-        "hook-refused-with-reason",
+        "job-key-refused-with-reason",
         """
         resources: [{name: r, type: git}]
         jobs:
         - name: a
           plan: [{get: r}]
-          on_failure: {put: r}
+          interruptible: true
         """,
-        "jobs[0].on_failure",
+        "jobs[0].interruptible",
         5,
-        "key 'on_failure' in a job is not supported: step and job hooks are not supported yet;"
-        " supported: name, plan, serial, serial_groups, max_in_flight, public",
+        "key 'interruptible' in a job is not supported: there are no workers to drain: a step's"
+        " pod always runs to its end; supported: name, plan, serial, serial_groups,"
+        " max_in_flight, public, on_success, on_failure, on_abort, on_error, ensure",
     ),
     (
-        "task-file-refused",
+        "task-file-from-no-artifact",
         """
         jobs:
         - name: a
@@ -403,7 +420,8 @@ PROBLEMS = [
         """,
         "jobs[0].plan[0].file",
         5,
-        "task `file:` is not supported yet; inline the config under `config:`",
+        "task 't' reads its config from 'ci/t.yml', from artifact 'ci', but no earlier step in"
+        " job 'a' produces it; earlier steps produce: nothing",
     ),
     (
         "step-with-no-kind",
@@ -415,7 +433,8 @@ PROBLEMS = [
         """,
         "jobs[0].plan[0]",
         4,
-        "a step needs exactly one of get, put, task, in_parallel; found keys: trigger",
+        "a step needs exactly one of get, put, task, in_parallel, do, try, load_var,"
+        " set_pipeline; found keys: trigger",
     ),
     (
         "step-with-two-kinds",
@@ -429,19 +448,21 @@ PROBLEMS = [
         """,
         "jobs[0].plan[0]",
         5,
-        "a step needs exactly one of get, put, task, in_parallel; this one has 'get' and 'put'",
+        "a step needs exactly one of get, put, task, in_parallel, do, try, load_var,"
+        " set_pipeline; this one has 'get' and 'put'",
     ),
     (
-        "do-step-refused",
+        "aggregate-refused",
         """
         jobs:
         - name: a
           plan:
-          - do: []
+          - aggregate: []
         """,
         "jobs[0].plan[0]",
         4,
-        "'do' steps are not supported yet; a step needs one of get, put, task, in_parallel",
+        "'aggregate' was removed in Concourse 7; use in_parallel; a step needs one of get, put,"
+        " task, in_parallel, do, try, load_var, set_pipeline",
     ),
     (
         "plan-missing",
@@ -820,12 +841,14 @@ PROBLEMS = [
               platform: linux
               run: {path: gofmt}
               inputs: [{name: repo}]
-              outputs: [{name: repo}]
+              outputs: [{name: formatted, path: repo}]
         """,
         "jobs[0].plan[1].config.outputs[0]",
         11,
-        "output 'repo' would be mounted at 'repo', where jobs[0].plan[1].config.inputs[0] mounts"
-        " an input; inputs are read-only in JetBridge, so give the output its own path",
+        "output 'formatted' would be mounted at 'repo', where jobs[0].plan[1].config.inputs[0]"
+        " mounts input 'repo'; inputs are read-only in JetBridge: to write into it, name the"
+        " output 'repo' (a writable copy that becomes the output), or give the output its own"
+        " path",
     ),
     (
         "non-linux-platform",
@@ -859,6 +882,430 @@ PROBLEMS = [
 ]
 
 
+# Step modifiers, hooks and the steps beyond get/put/task: one mistake each.
+PROBLEMS += [
+    (
+        "timeout-on-a-do-refused",
+        """
+        jobs:
+        - name: a
+          plan:
+          - do:
+            - task: t
+              config: {platform: linux, run: {path: x}}
+            timeout: 1m
+        """,
+        "jobs[0].plan[0].timeout",
+        7,
+        "`timeout` on a do step is not supported: put `timeout` on the get, put and task"
+        " steps inside it (each runs as a pod of its own)",
+    ),
+    (
+        "attempts-on-in-parallel-refused",
+        """
+        jobs:
+        - name: a
+          plan:
+          - in_parallel: [{task: t, config: {platform: linux, run: {path: x}}}]
+            attempts: 2
+        """,
+        "jobs[0].plan[0].attempts",
+        5,
+        "`attempts` on an in_parallel step is not supported: put `attempts` on the get, put"
+        " and task steps inside it (each runs as a pod of its own)",
+    ),
+    (
+        "timeout-not-a-duration",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            timeout: 0s
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[0].timeout",
+        5,
+        "timeout must be a duration like '90s', '10m' or '1h30m'; found '0s'",
+    ),
+    (
+        "privileged-refused",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            privileged: true
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[0].privileged",
+        5,
+        "privileged tasks are refused: steps run as restricted pods (no root, no capabilities,"
+        " no privilege escalation); build images with a rootless builder (kaniko, buildah)"
+        " instead",
+    ),
+    (
+        "task-with-file-and-config",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: make-ci
+            config: {platform: linux, outputs: [{name: ci}], run: {path: x}}
+          - task: t
+            file: ci/t.yml
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[1].file",
+        7,
+        "a task step takes `config` or `file`, not both: `file` names a task config to read"
+        " from an artifact, `config` gives it inline",
+    ),
+    (
+        "task-with-neither-file-nor-config",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            params: {A: b}
+        """,
+        "jobs[0].plan[0].config",
+        4,
+        "a task step needs `config` (the task config, inline) or `file` (<artifact>/<path> of"
+        " a task config file)",
+    ),
+    (
+        "task-file-without-a-path",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            file: task.yml
+        """,
+        "jobs[0].plan[0].file",
+        5,
+        "expected <artifact>/<path to a file in it>, like repo/ci/task.yml; found 'task.yml'",
+    ),
+    (
+        "image-from-no-artifact",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            image: golang
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[0].image",
+        5,
+        "task 't' runs in image 'golang' but no earlier step in job 'a' produces it; earlier"
+        " steps produce: nothing",
+    ),
+    (
+        "input-mapping-of-no-input",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            input_mapping: {srcc: repo}
+            config: {platform: linux, inputs: [{name: src, optional: true}], run: {path: x}}
+        """,
+        "jobs[0].plan[0].input_mapping.srcc",
+        5,
+        "input_mapping maps 'srcc', which is not an input of task 't'; its inputs: src",
+    ),
+    (
+        "output-mapping-of-no-output",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            output_mapping: {out: bin}
+            config: {platform: linux, outputs: [{name: dist}], run: {path: x}}
+        """,
+        "jobs[0].plan[0].output_mapping.out",
+        5,
+        "output_mapping maps 'out', which is not an output of task 't'; its outputs: dist",
+    ),
+    (
+        "mapped-input-not-produced",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            input_mapping: {src: repo}
+            config: {platform: linux, inputs: [{name: src}], run: {path: x}}
+        """,
+        "jobs[0].plan[0].config.inputs[0]",
+        6,
+        "task 't' needs input 'src' (mapped to 'repo') but no earlier step in job 'a' produces"
+        " it; earlier steps produce: nothing",
+    ),
+    (
+        "writable-copy-on-another-path",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            config:
+              platform: linux
+              inputs: [{name: src, optional: true}]
+              outputs: [{name: src, path: out}]
+              run: {path: x}
+        """,
+        "jobs[0].plan[0].config.outputs[0]",
+        8,
+        "output 'src' has the name of an input but another path ('out', the input's is 'src');"
+        " an output named after an input is a writable copy of it, in its place: give both one"
+        " path",
+    ),
+    (
+        "load-var-bad-format",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            config: {platform: linux, outputs: [{name: out}], run: {path: x}}
+          - load_var: v
+            file: out/v
+            format: toml
+        """,
+        "jobs[0].plan[1].format",
+        8,
+        "format must be one of json, yaml, yml, trim, raw; found 'toml'",
+    ),
+    (
+        "load-var-set-twice",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            config: {platform: linux, outputs: [{name: out}], run: {path: x}}
+          - load_var: v
+            file: out/v
+          - load_var: v
+            file: out/w
+        """,
+        "jobs[0].plan[2].load_var",
+        8,
+        "local var 'v' is already set by jobs[0].plan[1]; a job sets each local var once",
+    ),
+    (
+        "local-var-never-set",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            config: {platform: linux, run: {path: echo, args: [((.:version))]}}
+        """,
+        "jobs[0].plan[0]",
+        4,
+        "((.:version)) is used here, but no earlier load_var step in job 'a' sets it (local vars"
+        " set so far: none); an across var is only known inside its own step",
+    ),
+    (
+        "local-var-set-later",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            config: {platform: linux, outputs: [{name: out}], run: {path: echo, args: [((.:v))]}}
+          - load_var: v
+            file: out/v
+        """,
+        "jobs[0].plan[0]",
+        4,
+        "((.:v)) is used here, but no earlier load_var step in job 'a' sets it (local vars set"
+        " so far: none); an across var is only known inside its own step",
+    ),
+    (
+        "set-pipeline-team-refused",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            config: {platform: linux, outputs: [{name: ci}], run: {path: x}}
+          - set_pipeline: self
+            file: ci/pipeline.yml
+            team: main
+        """,
+        "jobs[0].plan[1].team",
+        8,
+        "key 'team' in a set_pipeline step is not supported: JetBridge has no teams:"
+        " set_pipeline sets a pipeline of this JetBridge; supported: set_pipeline, file, vars,"
+        " var_files, and the step modifiers timeout, attempts, across, on_success, on_failure,"
+        " on_abort, on_error, ensure",
+    ),
+    (
+        "across-values-from-a-local-var",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            across:
+            - var: v
+              values: ((.:list))
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[0].across[0].values",
+        7,
+        "across values from a local var (load_var) are not supported yet; give the values as a"
+        " list",
+    ),
+    (
+        "across-var-twice",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            across:
+            - {var: v, values: [a]}
+            - {var: v, values: [b]}
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[0].across[1].var",
+        7,
+        "across var 'v' is already declared by jobs[0].plan[0].across[0]",
+    ),
+    (
+        "across-max-in-flight-zero",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            across:
+            - {var: v, values: [a], max_in_flight: 0}
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[0].across[0].max_in_flight",
+        6,
+        "expected a whole number of at least 1, found an integer (0)",
+    ),
+    (
+        "repeated-get-name",
+        """
+        resources: [{name: r, type: git}]
+        jobs:
+        - name: a
+          plan:
+          - get: r
+          - get: r
+        """,
+        "jobs[0].plan[1].get",
+        6,
+        "get 'r' is already in job 'a' at jobs[0].plan[0] (line 5); give this one another"
+        " name, with `resource: r`",
+    ),
+    (
+        "unused-resource",
+        """
+        resources:
+        - {name: r, type: git}
+        - {name: docs, type: git}
+        jobs:
+        - name: a
+          plan: [{get: r}]
+        """,
+        "resources[1].name",
+        3,
+        "resource 'docs' is not used by any job; remove it, or get or put it in a job"
+        " (Concourse refuses unused resources too)",
+    ),
+    (
+        "passed-cycle",
+        """
+        resources: [{name: r, type: git}]
+        jobs:
+        - name: a
+          plan: [{get: r, passed: [b]}]
+        - name: b
+          plan: [{get: r, passed: [a]}]
+        """,
+        "jobs[0].plan[0].passed[0]",
+        4,
+        "passed constraints form a cycle: a → b → a (each job takes only versions that passed"
+        " the next), so no version can ever reach these jobs",
+    ),
+    (
+        "passed-itself",
+        """
+        resources: [{name: r, type: git}]
+        jobs:
+        - name: a
+          plan: [{get: r, passed: [a]}]
+        """,
+        "jobs[0].plan[0].passed[0]",
+        4,
+        "passed constraints form a cycle: a → a (each job takes only versions that passed the"
+        " next), so no version can ever reach these jobs",
+    ),
+    (
+        "get-params-refused",
+        """
+        resources: [{name: r, type: git}]
+        jobs:
+        - name: a
+          plan:
+          - put: r
+            get_params: {depth: 1}
+        """,
+        "jobs[0].plan[0].get_params",
+        6,
+        "key 'get_params' in a put step is not supported: a put runs no implicit get in"
+        " JetBridge; add a get in a later job; supported: put, resource, params, inputs, no_get,"
+        " tags, and the step modifiers timeout, attempts, across, on_success, on_failure,"
+        " on_abort, on_error, ensure",
+    ),
+    (
+        "container-limits-refused",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            container_limits: {cpu: 1}
+            config: {platform: linux, run: {path: x}}
+        """,
+        "jobs[0].plan[0].container_limits",
+        5,
+        "key 'container_limits' in a task step is not supported: a step pod's requests and"
+        " limits come from settings (JETBRIDGE_STEP_REQUESTS, JETBRIDGE_STEP_LIMITS);"
+        " supported: task, config, file, params, vars, image, input_mapping, output_mapping,"
+        " privileged, writable_inputs, tags, and the step modifiers timeout, attempts, across,"
+        " on_success, on_failure, on_abort, on_error, ensure",
+    ),
+    (
+        "hook-with-a-bad-step",
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            config: {platform: linux, run: {path: x}}
+            on_failure: {tsak: alert}
+        """,
+        "jobs[0].plan[0].on_failure",
+        6,
+        "a step needs exactly one of get, put, task, in_parallel, do, try, load_var,"
+        " set_pipeline; found keys: tsak",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("text", "path", "line", "message"),
     [row[1:] for row in PROBLEMS],
@@ -887,7 +1334,7 @@ def test_every_problem_is_reported_at_once() -> None:
           - get: rpo
             trigger: maybe
           - task: test
-            file: ci/test.yml
+            file: ci
         - name: ship
           plan:
           - get: repo
@@ -1178,3 +1625,209 @@ def test_the_model_lookups_name_what_there_is() -> None:
         pipeline.job("b")
     with pytest.raises(KeyError, match="no resource 'r' in the pipeline; resources: "):
         pipeline.resource("r")
+
+
+# ---------------------------------------------------------------- modifiers, hooks, more steps
+
+MODIFIERS = yaml_text(
+    """
+    resources: [{name: repo, type: git}]
+    jobs:
+    - name: a
+      plan:
+      - get: repo
+        tags: [gpu]
+        attempts: 2
+        timeout: 1h30m
+      - load_var: version
+        file: repo/VERSION
+        format: trim
+      - do:
+        - task: unit
+          file: repo/ci/unit.yml
+          vars: {go: "1.23"}
+          image: repo
+          input_mapping: {src: repo}
+          output_mapping: {report: unit-report}
+          writable_inputs: true
+          params: {V: ((.:version))}
+        on_failure:
+          put: repo
+          inputs: []
+      - try:
+          task: lint
+          config: {platform: linux, run: {path: lint}}
+      - task: build
+        across:
+        - var: os
+          values: [linux, darwin]
+          max_in_flight: all
+        fail_fast: true
+        config: {platform: linux, run: {path: make, args: [((.:os))]}}
+        ensure:
+          set_pipeline: self
+          file: repo/ci/pipeline.yml
+          vars: {a: b}
+          var_files: [repo/ci/vars.yml]
+      on_abort:
+        task: tidy
+        config: {platform: linux, run: {path: tidy}}
+    """
+)
+
+
+def test_modifiers_hooks_and_the_other_steps_are_read_field_by_field() -> None:
+    from shared.pipeline import (
+        AcrossStep,
+        AcrossVar,
+        DoStep,
+        Hooks,
+        LoadVarStep,
+        SetPipelineStep,
+        TryStep,
+    )
+
+    job = parse_pipeline(MODIFIERS).job("a")
+    get, load, do, try_, across = job.plan
+    assert get == GetStep(get="repo", resource="repo", tags=("gpu",), attempts=2, timeout="1h30m")
+    assert isinstance(get, GetStep) and get.timeout_seconds == 5400
+    assert load == LoadVarStep(load_var="version", file="repo/VERSION", format="trim")
+    assert do == DoStep(
+        steps=(
+            TaskStep(
+                task="unit",
+                file="repo/ci/unit.yml",
+                vars={"go": "1.23"},
+                image="repo",
+                input_mapping={"src": "repo"},
+                output_mapping={"report": "unit-report"},
+                writable_inputs=True,
+                params={"V": "((.:version))"},
+            ),
+        ),
+        hooks=Hooks(on_failure=PutStep(put="repo", resource="repo", inputs=())),
+    )
+    assert try_ == TryStep(
+        step=TaskStep(task="lint", config=TaskConfig(platform="linux", run=RunConfig(path="lint")))
+    )
+    assert isinstance(across, AcrossStep)
+    assert across.vars == (AcrossVar(var="os", values=("linux", "darwin"), max_in_flight=None),)
+    assert across.fail_fast and across.combinations == (("linux",), ("darwin",))
+    assert [s.config.run.args for s in across.steps if isinstance(s, TaskStep) and s.config] == [
+        ("linux",),
+        ("darwin",),
+    ]
+    assert across.hooks.ensure == SetPipelineStep(
+        set_pipeline="self",
+        file="repo/ci/pipeline.yml",
+        vars={"a": "b"},
+        var_files=("repo/ci/vars.yml",),
+    )
+    assert job.hooks == Hooks(
+        on_abort=TaskStep(
+            task="tidy", config=TaskConfig(platform="linux", run=RunConfig(path="tidy"))
+        )
+    )
+
+
+def test_an_across_var_that_fills_a_whole_value_keeps_its_type() -> None:
+    text = yaml_text(
+        """
+        jobs:
+        - name: a
+          plan:
+          - task: t
+            across:
+            - var: args
+              values: [[-v, one], [-q]]
+            config: {platform: linux, run: {path: x, args: ((.:args))}}
+        """
+    )
+    (across,) = parse_pipeline(text).job("a").plan
+    runs = [s.config.run.args for s in across.steps if isinstance(s, TaskStep) and s.config]
+    assert runs == [("-v", "one"), ("-q",)]
+
+
+TASK_FILE = yaml_text(
+    """
+    platform: linux
+    inputs: [{name: src}]
+    params: {GO: ((go))}
+    run: {path: go, args: [test, ((.:pkg))]}
+    """
+)
+
+
+def test_a_task_file_reads_like_an_inline_config() -> None:
+    from shared.pipeline import parse_task_config
+
+    config = parse_task_config(TASK_FILE, variables={"go": "1.23"})
+    assert config == TaskConfig(
+        platform="linux",
+        inputs=(TaskInput(name="src"),),
+        params={"GO": "1.23"},
+        run=RunConfig(path="go", args=("test", "((.:pkg))")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "variables", "error", "message"),
+    [
+        (TASK_FILE, {}, VariableError, "((go)) on line 3"),
+        ("platform: linux\n", {}, PipelineError, "line 1: run: a task config needs `run`"),
+        ("", {}, PipelineError, "the task config is empty"),
+        (
+            "platform: linux\nrun: {path: x}\ncolour: red\n",
+            {},
+            PipelineError,
+            "unknown key 'colour'",
+        ),
+    ],
+    ids=["missing-var", "no-run", "empty", "unknown-key"],
+)
+def test_a_bad_task_file_says_what_is_wrong(
+    text: str, variables: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    from shared.pipeline import parse_task_config
+
+    with pytest.raises(error) as caught:
+        parse_task_config(text, source="task file repo/ci/t.yml", variables=variables)
+    assert message in str(caught.value)
+    assert "repo/ci/t.yml" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "format_", "file", "expected"),
+    [
+        ("1.4.2\n", None, "VERSION", "1.4.2"),
+        ('{"a": [1, 2]}', None, "v.json", {"a": [1, 2]}),
+        ("a: b\n", None, "v.yml", {"a": "b"}),
+        ("a: b\n", "raw", "v.yml", "a: b\n"),
+        ("  x \n", "trim", "v.json", "x"),
+        ("[1]", "yaml", "v", [1]),
+    ],
+    ids=["by-default-trim", "json-by-extension", "yaml-by-extension", "raw", "trim", "yaml"],
+)
+def test_load_var_reads_a_file_as_its_format_says(
+    text: str, format_: str | None, file: str, expected: Any
+) -> None:
+    from shared.pipeline import load_var_value
+
+    assert load_var_value(text, format=format_, file=file) == expected
+
+
+def test_load_var_refuses_what_is_not_its_format() -> None:
+    from shared.pipeline import load_var_value
+
+    with pytest.raises(VariableError, match=r"repo/v\.json is not valid json"):
+        load_var_value("{nope", format=None, file="repo/v.json")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("1h30m", 5400), ("500ms", 1), ("1.5m", 90), ("2h", 7200)],
+)
+def test_durations_in_whole_seconds_rounded_up(text: str, seconds: int) -> None:
+    from shared.pipeline import duration_seconds
+
+    assert duration_seconds(text) == seconds

@@ -278,6 +278,10 @@ def _utcnow() -> datetime:
 class LocalRuntime:
     """Runs step pods as processes on this machine (see the module docstring)."""
 
+    #: This machine's file system stands in for every pod's image: a task's ``image:``
+    #: artifact needs no registry reference here (``shared.launching``).
+    images_are_host = True
+
     def __init__(
         self,
         *,
@@ -839,7 +843,8 @@ def _parse_pod(
         raise ConfigurationError(f"spec.activeDeadlineSeconds must be positive; found {deadline!r}")
     return _Step(
         command=command,
-        env=DEFAULT_ENV | env,
+        # HOSTNAME is the pod's name, as the kubelet sets it in every container.
+        env=DEFAULT_ENV | {"HOSTNAME": _pod_name(pod)} | env,
         working_dir=working_dir,
         mounts=tuple(sorted(mounts, key=lambda m: (_depth(m.path), m.path))),
         termination_file=termination_file,
