@@ -48,6 +48,8 @@ RUN apt-get update \
 COPY --from=builder /opt/jetbridge /opt/jetbridge
 # Built-in resource types: one folder per type holding check, in and out.
 COPY --chmod=0755 shared/resources/git/ /opt/resource-types/git/
+COPY --chmod=0755 shared/resources/gcs/ /opt/resource-types/gcs/
+COPY --chmod=0755 shared/resources/time/ /opt/resource-types/time/
 WORKDIR /app
 COPY functions/ functions/
 ENV PATH=/opt/jetbridge/bin:$PATH \

@@ -8,7 +8,7 @@ DEMO_REPO := $(abspath $(DATA)/demo/origin.git)
 PYTEST_ARGS ?=
 TOOLS  := .tools
 
-.PHONY: help setup tools run test chart-check lint format golden bench e2e-live clean
+.PHONY: help setup tools run test chart-check lint format golden docs bench e2e-live clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ format: setup  ## Sort imports and fix what ruff can
 
 golden: setup tools  ## Rewrite the golden files (tests/testdata) from the code; review the diff
 	$(BIN)/python -m pytest -q -m golden --update-golden $(PYTEST_ARGS)
+
+docs: setup  ## Regenerate docs/configuration.md from the settings, the chart's values and the CLI
+	$(BIN)/python docs/generate_configuration.py
 
 bench: setup  ## Run the benchmarks
 	$(BIN)/python -m pytest -m bench -p no:randomly --benchmark-only $(PYTEST_ARGS) benchmarks

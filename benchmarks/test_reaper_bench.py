@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 
+from benchmarks.conftest import REPORT
 from shared import status as st
 from shared.db import ArtifactRow, make_engine, make_session_factory, transaction, upgrade
 from shared.events import RecordingSink
@@ -139,6 +140,7 @@ def test_one_tick_over_a_million_rows(
     lines.append(f"  report: {report.summary()}")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+    REPORT.extend(lines[:4])
     benchmark.extra_info.update(
         tick_seconds=outcome["seconds"],
         peak_rss_bytes=outcome["peak_rss"],

@@ -43,8 +43,9 @@ from shared.events import EventSink
 from shared.logstore import LogStore
 from shared.pipeline import Job, Pipeline
 from shared.pipelines import find_pipeline, load
-from shared.plan import StepSpec, compile_plan
+from shared.plan import CHECK_JOB_PREFIX, StepSpec, compile_plan
 from shared.runtime import Runtime
+from shared.versions import record_build_versions, resolve_job
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,12 @@ def announce(
 ) -> None:
     """Announce the first steps of builds just recorded (and of builds they unblocked)."""
     for item in started:
+        if item.created and item.status == st.ERRORED:  # ended as it was recorded
+            with transaction(sessions) as session:
+                build = session.get(BuildRow, item.build_id)
+            if build is not None:
+                sink.emit(build_finished_event(build))
+            continue
         for build_id in (item.build_id, *item.unblocked):
             advance_build(sessions, build_id=build_id, sink=sink, clock=clock)
 
@@ -153,6 +160,13 @@ def record_build(
         job_model = model.job(job)
     except KeyError as e:
         raise NotFoundError(str(e.args[0])) from None
+    # Gets with `passed:` take the newest versions that went through the upstream jobs.
+    _inputs, resolved = resolve_job(
+        session, pipeline_id=pipeline.id, model=model, job=job, pinned=versions, passed_only=True
+    )
+    if not resolved.ok:
+        return _record_unresolved(session, pipeline, job, resolved.problem or "", clock, event_id)
+    versions = {**resolved.pins(), **versions}
     specs = compile_plan(model, job, versions=versions)
     limited = job_limit(job_model) is not None
     last = session.scalar(
@@ -200,6 +214,39 @@ def record_build(
         status=st.STARTED if build.id in started else st.PENDING,
         unblocked=tuple(b for b in started if b != build.id),
     )
+
+
+def _record_unresolved(
+    session: Session,
+    pipeline: PipelineRow,
+    job: str,
+    problem: str,
+    clock: Clock,
+    event_id: str | None,
+) -> Started:
+    """A build whose gets with ``passed:`` have no version yet: it errors at once, saying
+    which, with no steps (nothing could run)."""
+    last = session.scalar(
+        select(func.max(BuildRow.number)).where(
+            BuildRow.pipeline_id == pipeline.id, BuildRow.job_name == job
+        )
+    )
+    now = clock()
+    build = BuildRow(
+        pipeline_id=pipeline.id,
+        job_name=job,
+        number=(last or 0) + 1,
+        status=st.ERRORED,
+        event_id=event_id,
+        versions={},
+        error=problem,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+    )
+    session.add(build)
+    session.flush()
+    return Started(build_id=build.id, number=build.number, created=True, status=st.ERRORED)
 
 
 def start_waiting(session: Session, pipeline_id: int, model: Pipeline, now: datetime) -> list[int]:
@@ -368,6 +415,8 @@ def advance_build(sessions: SessionFactory, *, build_id: int, sink: EventSink, c
             if moved.rowcount:  # type: ignore[attr-defined]
                 build.status = outcome
                 finished = build
+                # What its gets used and its puts made: `passed:` is answered from this.
+                record_build_versions(session, build=build, steps=steps, now=now)
                 unblocked = _free_slot(session, build.pipeline_id, now)
         result = build.status
     for step in skipped:
@@ -387,9 +436,11 @@ class Aborted:
 
     build_id: int
     status: str
-    """The build's status afterwards: ``aborted``, or how it had ended before."""
+    """The build's status afterwards: ``aborted``; ``started`` while its ``ensure`` or
+    ``on_abort`` hooks run; or how it had ended before."""
     aborted: bool
-    """Whether this call aborted it; ``False`` when it had ended already."""
+    """Whether this call stopped anything; ``False`` when the build had ended already (or
+    all that was left of it were hooks that run on an abort)."""
     steps: tuple[str, ...] = ()
     """Names of the steps it stopped, or that will now never run."""
     pods_left: tuple[str, ...] = ()
@@ -406,15 +457,19 @@ def abort_build(
     logs: LogStore | None = None,
     reason: str = "aborted by a user",
 ) -> Aborted:
-    """Stop a build: every step not ended is ``aborted``, then the build; then its pods go.
+    """Stop a build, as Concourse does: every step not ended is ``aborted``, then its pods go.
+
+    Steps inside an ``ensure`` or ``on_abort`` hook are the exception: they still run,
+    and ``advance_build`` starts them; the build ends ``aborted`` once they have (at
+    once, when there are none). A build still ``pending`` (waiting on its job's
+    limits) never started, so it ends ``aborted`` here with all its steps.
 
     The database moves first, in one transaction under the build's row lock (as in
-    ``advance_build``), so a pod that ends while it is deleted finds its step
-    aborted and records nothing. An aborted build frees its slot for the builds
-    waiting on its job's limits. A running step's log is kept before its pod is
-    deleted, where it can be read. A pod that cannot be deleted now (or one that a
-    launch in flight creates after this) is left to the reaper, which deletes the
-    pods of ended steps. A build that has ended already is left as it was.
+    ``advance_build``), so a pod that ends while it is deleted finds its step aborted
+    and records nothing. A running step's log is kept before its pod is deleted, where
+    it can be read. A pod that cannot be deleted now (or one a launch in flight creates
+    after this) is left to the reaper, which deletes the pods of ended steps. A build
+    that has ended already is left as it was.
     """
     now = clock()
     stopped: list[StepRow] = []
@@ -426,28 +481,33 @@ def abort_build(
             raise NotFoundError(f"no build {build_id}")
         if build.status in st.BUILD_TERMINAL:
             return Aborted(build_id=build_id, status=build.status, aborted=False)
+        waiting = build.status == st.PENDING
         steps = session.scalars(
             select(StepRow).where(StepRow.build_id == build_id).order_by(StepRow.id)
         ).all()
         for step in steps:
             if step.status in st.STEP_TERMINAL:
                 continue
+            if not waiting and StepSpec.from_json(step.spec).survives_abort:
+                continue  # an ensure or on_abort hook: it runs all the same
             error = f"{step.kind} {step.name!r} was aborted: {reason}"
             if _move(session, step, step.status, st.ABORTED, finished_at=now, error=error):
                 step.error = error
                 stopped.append(step)
-        session.execute(
-            update(BuildRow)
-            .where(BuildRow.id == build_id, BuildRow.status == build.status)
-            .values(status=st.ABORTED, finished_at=now, error=reason)
-        )
-        build.status = st.ABORTED
-        unblocked = _free_slot(session, build.pipeline_id, now)
+        if waiting:
+            session.execute(
+                update(BuildRow)
+                .where(BuildRow.id == build_id, BuildRow.status == st.PENDING)
+                .values(status=st.ABORTED, finished_at=now, error=reason)
+            )
+            build.status = st.ABORTED
     for step in stopped:
         sink.emit(step_finished_event(build_id, step))
-    sink.emit(build_finished_event(build))
-    for waiting in unblocked:
-        advance_build(sessions, build_id=waiting, sink=sink, clock=clock)
+    if waiting:
+        sink.emit(build_finished_event(build))
+        status = st.ABORTED
+    else:  # the hooks that survive an abort start, or the build ends (freeing its slot)
+        status = advance_build(sessions, build_id=build_id, sink=sink, clock=clock)
     left = [
         step.pod_name
         for step in stopped
@@ -456,8 +516,8 @@ def abort_build(
     ]
     return Aborted(
         build_id=build_id,
-        status=st.ABORTED,
-        aborted=True,
+        status=status,
+        aborted=bool(stopped) or waiting,
         steps=tuple(s.name for s in stopped),
         pods_left=tuple(left),
     )
@@ -604,9 +664,14 @@ def _views(session: Session, *conditions: Any, limit: int | None = None) -> list
     ]
 
 
-def recent_builds(session: Session, *, limit: int) -> list[BuildView]:
-    """The newest ``limit`` builds, newest first."""
-    return _views(session, limit=limit)
+def _jobs_only(checks: bool) -> tuple[Any, ...]:
+    """No resource checks (builds of ``check:<resource>``) unless ``checks``."""
+    return () if checks else (BuildRow.job_name.not_like(f"{CHECK_JOB_PREFIX}%"),)
+
+
+def recent_builds(session: Session, *, limit: int, checks: bool = False) -> list[BuildView]:
+    """The newest ``limit`` builds, newest first; resource checks only with ``checks``."""
+    return _views(session, *_jobs_only(checks), limit=limit)
 
 
 def watch_builds(
@@ -616,14 +681,16 @@ def watch_builds(
     interval: float,
     sleep: Callable[[float], None],
     until_idle: bool = False,
+    checks: bool = False,
 ) -> Iterator[BuildView]:
     """Builds as they change: the newest ``count`` (oldest first), then each new build and each
     change of status, looking every ``interval`` seconds (``sleep`` waits).
 
-    With ``until_idle`` it ends once no build it has seen is pending or running.
+    With ``until_idle`` it ends once no build it has seen is pending or running; resource
+    checks are among them only with ``checks``.
     """
     with transaction(sessions) as session:
-        first = recent_builds(session, limit=count)
+        first = recent_builds(session, limit=count, checks=checks)
     last_id = max((v.id for v in first), default=0)
     if not first:
         with transaction(sessions) as session:
@@ -633,7 +700,11 @@ def watch_builds(
     while not (until_idle and not active):
         sleep(interval)
         with transaction(sessions) as session:
-            changed = _views(session, (BuildRow.id > last_id) | BuildRow.id.in_(list(active)))
+            changed = _views(
+                session,
+                (BuildRow.id > last_id) | BuildRow.id.in_(list(active)),
+                *_jobs_only(checks),
+            )
         for view in changed:
             last_id = max(last_id, view.id)
             if active.get(view.id) == view.status:

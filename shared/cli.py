@@ -223,6 +223,7 @@ def run(
                 fg=colour,
                 bold=True,
             )
+            _why_nothing_ran(ci, build)
             if not keep_artifacts:
                 report = ci.tick()
                 click.echo(f"reaper: {report.summary()}")
@@ -275,9 +276,17 @@ def _progress(event: CloudEvent, ci: Any, quiet: bool) -> None:
 @click.option(
     "--interval", default=1.0, show_default=True, help="With --watch: seconds between looks."
 )
+@click.option(
+    "--checks", is_flag=True, help="Show resource checks too (`<pipeline>/check:<resource>`)."
+)
 @pass_context
-def builds(ctx: Context, count: int, watch: bool, until_idle: bool, interval: float) -> None:
-    """List recent builds, newest first; with --watch, oldest first and then as they change."""
+def builds(
+    ctx: Context, count: int, watch: bool, until_idle: bool, interval: float, checks: bool
+) -> None:
+    """List recent builds, newest first; with --watch, oldest first and then as they change.
+
+    Resource checks are builds too, of `check:<resource>`; --checks shows them.
+    """
     import time
 
     from shared.builds import BuildView, recent_builds, watch_builds
@@ -306,13 +315,14 @@ def builds(ctx: Context, count: int, watch: bool, until_idle: bool, interval: fl
                     interval=interval,
                     sleep=time.sleep,
                     until_idle=until_idle,
+                    checks=checks,
                 ):
                     show(view)
             except KeyboardInterrupt:
                 pass
             return
         with transaction(deps.sessions) as session:
-            rows = recent_builds(session, limit=count)
+            rows = recent_builds(session, limit=count, checks=checks)
         if not rows:
             click.echo("no builds yet")
             return
@@ -411,10 +421,19 @@ def abort_build(ctx: Context, build_id: int, reason: str) -> None:
                 f"no build {build_id}; `jetbridge builds` lists them"
             ) from None
     if not result.aborted:
-        click.echo(f"build {build_id} had already {result.status}: nothing to abort")
+        if result.status in st.BUILD_TERMINAL:
+            click.echo(f"build {build_id} had already {result.status}: nothing to abort")
+        else:
+            click.echo(f"build {build_id} is running its ensure/on_abort hooks: nothing to abort")
         return
     stopped = ", ".join(result.steps) or "no step was running"
-    click.secho(f"build {build_id} aborted ({stopped})", fg=COLOURS[st.ABORTED])
+    if result.status == st.ABORTED:
+        click.secho(f"build {build_id} aborted ({stopped})", fg=COLOURS[st.ABORTED])
+    else:
+        click.secho(
+            f"build {build_id} aborting ({stopped}); its ensure/on_abort hooks run first",
+            fg=COLOURS[st.ABORTED],
+        )
     if result.pods_left:
         click.echo(f"pods the reaper deletes on its next tick: {', '.join(result.pods_left)}")
 
@@ -645,6 +664,70 @@ def trigger_job(ctx: Context, target: str, watch: bool, sink: str | None, timeou
     sys.exit(EXIT_OK if status == st.SUCCEEDED else EXIT_BUILD_FAILED)
 
 
+@cli.command("check-resource")
+@click.argument("target", metavar="PIPELINE/RESOURCE")
+@click.option(
+    "--sink",
+    metavar="URL",
+    help="Send the request to this trigger (`jetbridge serve`'s /trigger, or the Broker). "
+    "Default: JETBRIDGE_EVENT_SINK; with none, the check runs here.",
+)
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the check.")
+@pass_context
+def check_resource(ctx: Context, target: str, sink: str | None, timeout: float) -> None:
+    """Check PIPELINE/RESOURCE now: run its type's `check` and keep the versions it finds.
+
+    The check is a build of `check:RESOURCE` (a `dev.jetbridge.build.requested` event).
+    With a sink, JetBridge there runs it, and the versions it finds trigger builds there.
+    With none it runs here, to its end, and the newest versions are shown; builds they
+    trigger start under `jetbridge serve` (here, `trigger-job` runs a job by hand).
+    """
+    from shared.checks import check_job
+
+    pipeline, _, resource = target.partition("/")
+    if not pipeline or not resource:
+        raise click.UsageError(f"expected PIPELINE/RESOURCE, found {target!r}")
+    job = check_job(resource)
+    url = sink or ctx.settings.event_sink
+    try:
+        status = (
+            _trigger_remote(ctx, url, pipeline, job, watch=True, timeout=timeout)
+            if url
+            else _trigger_here(ctx, pipeline, job, watch=True, timeout=timeout)
+        )
+        _show_versions(ctx, pipeline, resource)
+    except JetBridgeError as e:
+        _registry_error(e)
+    sys.exit(EXIT_OK if status == st.SUCCEEDED else EXIT_BUILD_FAILED)
+
+
+#: Versions ``check-resource`` shows, newest first.
+SHOWN_VERSIONS = 5
+
+
+def _show_versions(ctx: Context, pipeline: str, resource: str) -> None:
+    from shared.db import transaction
+    from shared.pipelines import find_pipeline, load
+    from shared.versions import versions_of
+
+    with _deps(ctx) as deps, transaction(deps.sessions) as session:
+        row = find_pipeline(session, pipeline)
+        try:
+            model = load(row).resource(resource)
+        except KeyError:
+            return  # the check said so already
+        rows = versions_of(session, pipeline_id=row.id, resource=model, limit=SHOWN_VERSIONS)
+    if not rows:
+        click.echo(f"{pipeline}/{resource} has no versions yet")
+        return
+    click.echo(f"newest versions of {pipeline}/{resource}:")
+    for version in rows:
+        fields = ", ".join(f"{k}: {v}" for k, v in version.version.items())
+        click.echo(
+            f"  {fields}  ({version.origin}, first seen {version.first_seen:%Y-%m-%d %H:%M:%S})"
+        )
+
+
 def _build_line(build: Any, pipeline: str) -> None:
     click.secho(
         f"build {pipeline}/{build.job_name} #{build.number} (id {build.id}) {build.status}",
@@ -671,7 +754,21 @@ def _trigger_here(ctx: Context, pipeline: str, job: str, *, watch: bool, timeout
         ci.bus.observe(started)
         build = ci.run_build(pipeline, job, timeout=timeout)
         _build_line(build, pipeline)
+        _why_nothing_ran(ci, build)
         return build.status
+
+
+def _why_nothing_ran(ci: Any, build: Any) -> None:
+    """A build that errored before any step (a get with ``passed:`` that nothing passed yet)
+    says why: no step line did."""
+    from shared.db import StepRow, transaction
+
+    if build.status != st.ERRORED or not build.error:
+        return
+    with transaction(ci.deps.sessions) as session:
+        step = session.scalar(select(StepRow.id).where(StepRow.build_id == build.id).limit(1))
+    if step is None:
+        click.secho(f"! {build.error}", fg=COLOURS[st.ERRORED])
 
 
 def _trigger_remote(

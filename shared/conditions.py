@@ -53,6 +53,9 @@ _WHEN_OUTCOME = {
 
 #: What a process says when it writes to a read-only mount (EROFS).
 READ_ONLY_TEXT = "Read-only file system"
+#: What a process says when it writes to a full file system (ENOSPC): the store's volume,
+#: which every step's outputs are on, or the pod's own disk.
+NO_SPACE_TEXT = "No space left on device"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +219,8 @@ def explain_failure(
       timed-out step); the default deadline from settings still errors it.
     - A task that failed writing into a read-only input is told which input, and the two
       ways to write into an input.
+    - A step that failed with no space left on its device is told that the artifact
+      store is full when it was writing one of its outputs (they are on the store).
     """
     what = f"{spec.kind} {spec.name!r}"
     if reason == "DeadlineExceeded" and spec.timeout_seconds is not None:
@@ -227,7 +232,32 @@ def explain_failure(
         blamed = _read_only_input(spec, log.decode("utf-8", "replace"))
         if blamed is not None:
             return status, f"{message or what + ' failed'}: {blamed}"
+    if status != st.SUCCEEDED and NO_SPACE_TEXT.encode() in log:
+        full = _full_volume(spec, log.decode("utf-8", "replace"))
+        return status, f"{message or what + ' failed'}: {full}"
     return status, message
+
+
+def _full_volume(spec: StepSpec, log: str) -> str:
+    """Which volume a step that ran out of space filled, as a sentence."""
+    lines = [line for line in log.splitlines() if NO_SPACE_TEXT in line]
+    named = [o for o in spec.outputs if any(_mentions(line, o.mount) for line in lines)]
+    remedy = (
+        "the reaper frees what no build needs on its next tick; if the store stays full, "
+        "give its volume (the artifact-store claim) more space"
+    )
+    if named:
+        outputs = ", ".join(repr(o.name) for o in named)
+        return (
+            f"the artifact store is full ({NO_SPACE_TEXT} writing its output {outputs}); {remedy}"
+        )
+    if spec.outputs:
+        outputs = ", ".join(repr(o.name) for o in spec.outputs)
+        return (
+            f"it ran out of disk space ({NO_SPACE_TEXT}): the artifact store, where its "
+            f"output {outputs} is written, or the pod's own disk is full; {remedy}"
+        )
+    return f"it ran out of disk space ({NO_SPACE_TEXT}) on the pod's own disk"
 
 
 def _read_only_input(spec: StepSpec, log: str) -> str | None:

@@ -184,6 +184,62 @@ class ArtifactRow(Base):
     tick that claimed it could not delete it and let go, or died long enough ago)."""
 
 
+class ResourceVersionRow(Base):
+    """A version of a resource, as a check, a webhook, a get or a put reported it.
+
+    Versions belong to the resource's configuration (``scope``: its type and source), as in
+    Concourse: a resource whose source changes starts a fresh history. ``check_order`` says
+    which is newer (higher); see ``shared.versions``.
+    """
+
+    __tablename__ = "resource_versions"
+    __table_args__ = (
+        UniqueConstraint(
+            "pipeline_id", "resource", "scope", "version_key", name="uq_resource_versions_key"
+        ),
+        Index("ix_resource_versions_order", "pipeline_id", "resource", "scope", "check_order"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    resource: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the resource's type and source (``constraints.resource_scope``)."""
+    version: Mapped[dict[str, Any]] = mapped_column()
+    version_key: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the version's canonical JSON (``constraints.version_key``)."""
+    meta: Mapped[list[Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
+    """The ``metadata`` a get or put answered with (``[{"name", "value"}]``), if any."""
+    check_order: Mapped[int] = mapped_column(Integer)
+    origin: Mapped[str] = mapped_column(String(16))
+    """What reported it first: ``check``, ``webhook``, ``get`` or ``put``."""
+    first_seen: Mapped[datetime]
+
+
+class BuildVersionRow(Base):
+    """A resource version a build used (a get's, ``input``) or made (a put's, ``output``)."""
+
+    __tablename__ = "build_versions"
+    __table_args__ = (
+        UniqueConstraint(
+            "build_id", "direction", "name", "version_id", name="uq_build_versions_use"
+        ),
+        Index("ix_build_versions_job", "pipeline_id", "job_name"),
+        Index("ix_build_versions_version", "version_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    job_name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    """The get's or put's name in the job."""
+    resource: Mapped[str] = mapped_column(String(200))
+    version_id: Mapped[int] = mapped_column(ForeignKey("resource_versions.id", ondelete="CASCADE"))
+    direction: Mapped[str] = mapped_column(String(8))
+    """``input`` or ``output``."""
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout so threads share it."""
     if url.startswith("sqlite"):

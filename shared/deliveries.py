@@ -28,8 +28,10 @@ from shared.builds import Started, announce, paused_message, record_build
 from shared.db import BuildRow, DeliveryRow, PipelineRow, SessionFactory, transaction
 from shared.errors import ConfigurationError, NotFoundError, PipelinePaused
 from shared.events import EventSink
+from shared.pipeline import Pipeline
 from shared.pipelines import find_pipeline, load
 from shared.settings import Settings, env_name
+from shared.versions import WEBHOOK, save_versions, scope_of
 from shared.webhooks import (
     PIPELINE_NAME,
     Delivery,
@@ -39,11 +41,14 @@ from shared.webhooks import (
     no_match_reason,
     parse_webhook,
     pipeline_from_path,
+    tracking_resources,
 )
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+#: Lengths of a full commit id: SHA-1 and SHA-256 object names, in hex.
+FULL_COMMIT_LENGTHS = (40, 64)
 #: A pipeline's webhook secret, or ``None`` when it has none.
 SecretLookup = Callable[[str], str | None]
 
@@ -191,6 +196,7 @@ def _record(
     triggers = match(model, push)
     if not triggers:
         return _answer(pipeline, push, message=no_match_reason(pipeline, push))
+    _record_version(session, row, model, push, clock)
     for trigger in triggers:
         started.append(
             record_build(
@@ -230,6 +236,26 @@ def _record(
         created=True,
         message=f"{push.commit[:12]} on {push.branch}: started {jobs}",
     )
+
+
+def _record_version(
+    session: Session, row: PipelineRow, model: Pipeline, push: Push, clock: Clock
+) -> None:
+    """The pushed commit is the newest version of every resource the push moved: no check
+    needs to find it. Only a full commit id is kept (a check names commits in full, and an
+    abbreviated one would be a second version of the same commit)."""
+    if len(push.commit) not in FULL_COMMIT_LENGTHS:
+        return
+    for name in tracking_resources(model, push):
+        save_versions(
+            session,
+            pipeline_id=row.id,
+            resource=name,
+            scope=scope_of(model.resource(name)),
+            versions=[{"ref": push.commit}],
+            origin=WEBHOOK,
+            now=clock(),
+        )
 
 
 def _recorded(session: Session, row: PipelineRow, delivery: Delivery) -> Received | None:

@@ -12,10 +12,10 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from shared import deliveries, events, webhooks
+from shared import checks, deliveries, events, triggers, webhooks
 from shared.app import Deps
 from shared.builds import start_build
-from shared.errors import EventError, NotFoundError
+from shared.errors import EventError, JetBridgeError, NotFoundError
 from shared.reaper import ReapReport, reap
 from shared.steps import finish_step, launch_step
 
@@ -23,8 +23,18 @@ log = logging.getLogger(__name__)
 
 
 def on_trigger_event(event: CloudEvent, deps: Deps) -> dict[str, Any]:
-    """``dev.jetbridge.build.requested`` → a build (one per event id); a GitHubSource or
-    GitLabSource push → builds of every pipeline tracking it (one set per delivery)."""
+    """``dev.jetbridge.build.requested`` → a build (one per event id; of ``check:<resource>``,
+    a check of that resource); a GitHubSource or GitLabSource push → builds of every pipeline
+    tracking it (one set per delivery); ``build.finished`` → the builds it triggers."""
+    if event["type"] == events.BUILD_FINISHED:
+        data = events.event_data(event)
+        triggered = triggers.after_build(
+            deps.sessions,
+            build_id=events.require(data, "build_id", int, event),
+            sink=deps.sink,
+            clock=deps.clock,
+        )
+        return {"triggered": [t.build_id for t in triggered]}
     if event["type"] != events.BUILD_REQUESTED:
         delivery = webhooks.parse_source_event(event["type"], event["id"], event.get_data())
         if delivery is None:
@@ -45,6 +55,17 @@ def on_trigger_event(event: CloudEvent, deps: Deps) -> dict[str, Any]:
         raise EventError(
             f"event {event['id']} ({event['type']}): 'versions' must map get names to versions"
         )
+    resource = checks.checked_resource(job)
+    if resource is not None:
+        started = checks.start_check(
+            deps.sessions,
+            pipeline=pipeline,
+            resource=resource,
+            sink=deps.sink,
+            clock=deps.clock,
+            event_id=event["id"],
+        )
+        return {"build_id": started.build_id, "number": started.number, "created": started.created}
     started = start_build(
         deps.sessions,
         pipeline=pipeline,
@@ -115,13 +136,16 @@ def on_step_event(event: CloudEvent, deps: Deps) -> None:
         )
 
 
-def on_reaper_event(event: CloudEvent, deps: Deps, *, dry_run: bool = False) -> ReapReport:
-    """A PingSource tick → one reaper pass."""
+def on_reaper_event(
+    event: CloudEvent, deps: Deps, *, dry_run: bool = False, scheduling: bool = True
+) -> ReapReport:
+    """A PingSource tick → one reaper pass; then (``scheduling``) the resources due a check
+    are checked and the builds new versions call for are started, as the tick's other work."""
     if event["type"] != events.PING:
         raise EventError(
             f"the reaper does not handle events of type {event['type']!r}; expected {events.PING!r}"
         )
-    return reap(
+    report = reap(
         deps.sessions,
         store_root=deps.settings.effective_store_root,
         clock=deps.clock,
@@ -131,3 +155,20 @@ def on_reaper_event(event: CloudEvent, deps: Deps, *, dry_run: bool = False) -> 
         sink=deps.sink,
         dry_run=dry_run,
     )
+    if scheduling and not dry_run:
+        _check_and_schedule(deps)
+    return report
+
+
+def _check_and_schedule(deps: Deps) -> None:
+    """The tick's scheduling work, on its own: a failure here never spoils the reaper's."""
+    try:
+        checked = checks.run_due_checks(deps.sessions, sink=deps.sink, clock=deps.clock)
+        for error in checked.errors:
+            log.warning("check not started: %s", error)
+        triggered = triggers.schedule_all(deps.sessions, sink=deps.sink, clock=deps.clock)
+    except JetBridgeError as e:
+        log.warning("checks and triggers of this tick stopped: %s", e)
+        return
+    if checked.started or triggered:
+        log.info("tick: %s; %d build(s) triggered", checked.summary(), len(triggered))

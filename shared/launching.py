@@ -120,8 +120,8 @@ def resolve(
     """
     problems: list[str] = []
     what = f"{spec.kind} {spec.name!r}"
+    values = _local_var_values(session, build_id, spec.local_vars) if spec.local_vars else {}
     if spec.local_vars:
-        values = _local_var_values(session, build_id, spec.local_vars)
         spec, unfilled = fill_local_vars(spec, values)
         problems += unfilled
     if spec.task_file is not None and not problems:
@@ -136,6 +136,8 @@ def resolve(
         else:
             spec, missing = expand_task_file(spec, config)
             problems += [f"{m} (task file {task_file.file})" for m in missing]
+            spec, unfilled = fill_local_vars(spec, values)  # the file's own ((.:vars))
+            problems += [f"{u} (task file {task_file.file})" for u in unfilled]
     if spec.image_from is not None and not problems:
         image, problem = _image(session, build_id, spec, host_images=host_images)
         if problem:

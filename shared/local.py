@@ -7,6 +7,7 @@ reports finished pods as the same ApiServerSource-shaped event the cluster sends
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -53,9 +54,23 @@ def _ignore(_result: object) -> None:
 
 
 class LocalCI:
-    """A whole JetBridge in this process. Use as a context manager; it stops every pod on exit."""
+    """A whole JetBridge in this process. Use as a context manager; it stops every pod on exit.
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+    ``scheduling``: new versions start builds, as in the cluster: a build that succeeds
+    triggers its downstream jobs (``build.finished`` to the trigger's handler), and each
+    tick checks the resources that are due and starts what their versions call for.
+    ``jetbridge serve`` schedules; ``run``, ``trigger-job`` and ``check-resource``, which
+    run one build and stop, do not.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        scheduling: bool = False,
+    ) -> None:
+        self.scheduling = scheduling
         # Absolute paths: the sandbox binds them from wherever the pod's process starts.
         settings = settings.with_overrides(data_dir=settings.data_dir.resolve())
         if settings.store_root is not None:
@@ -87,6 +102,11 @@ class LocalCI:
         )
         for type_ in events.POD_EVENTS:
             self.bus.subscribe(type_, lambda e: telemetry.observed(handlers.on_step_event, e, deps))
+        if scheduling:
+            self.bus.subscribe(
+                events.BUILD_FINISHED,
+                lambda e: _ignore(telemetry.observed(handlers.on_trigger_event, e, deps)),
+            )
         self.last_report: ReapReport | None = None
         self.bus.subscribe(events.PING, self._tick)
 
@@ -116,7 +136,8 @@ class LocalCI:
                 self.runtime.share(path)
 
     def _tick(self, event: CloudEvent) -> None:
-        self.last_report = telemetry.observed(handlers.on_reaper_event, event, self.deps)
+        tick = functools.partial(handlers.on_reaper_event, scheduling=self.scheduling)
+        self.last_report = telemetry.observed(tick, event, self.deps)
 
     def __enter__(self) -> LocalCI:
         return self
@@ -191,6 +212,26 @@ class LocalCI:
         build = state["build"]
         assert build is not None
         return build
+
+    def run_until_idle(self, *, timeout: float = 600) -> list[BuildRow]:
+        """Deliver events until no build is pending or running and none is on its way; returns
+        every build, oldest first. With ``scheduling``, what new versions trigger runs too."""
+
+        def idle() -> bool:
+            if self.bus.pending():
+                return False
+            with transaction(self.deps.sessions) as session:
+                active = session.scalar(
+                    select(BuildRow.id)
+                    .where(BuildRow.status.in_((st.PENDING, st.STARTED)))
+                    .limit(1)
+                )
+            return active is None
+
+        if not self.bus.run_until(idle, timeout=timeout):
+            raise TimeoutError(f"builds were still running after {timeout:.0f}s")
+        with transaction(self.deps.sessions) as session:
+            return list(session.scalars(select(BuildRow).order_by(BuildRow.id)).all())
 
     def tick(self) -> ReapReport:
         """One reaper tick through the bus, as PingSource would send it."""

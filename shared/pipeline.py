@@ -332,7 +332,7 @@ class Pipeline:
 
 #: Resource types a pipeline may use without declaring them under ``resource_types``:
 #: the ones JetBridge ships scripts for (``shared/resources/``).
-BUILTIN_RESOURCE_TYPES = frozenset({"git"})
+BUILTIN_RESOURCE_TYPES = frozenset({"gcs", "git", "time"})
 
 #: Types a task's ``image_resource`` may have: both name an OCI image by ``source.repository``.
 IMAGE_RESOURCE_TYPES = ("registry-image", "docker-image")
@@ -412,7 +412,8 @@ _REFUSED: Mapping[str, str] = {
     "expose_build_created_by": "builds are not started by a user JetBridge knows",
     "tags": f"tags on resources and resource types are {_PLANNED_TYPES}; on a get, put or "
     "task step they select nodes",
-    "params": _PLANNED_TYPES,
+    "params": f"a resource type's params are {_PLANNED_TYPES}; an image_resource takes none "
+    "(the kubelet pulls the image)",
     "defaults": _PLANNED_TYPES,
 }
 

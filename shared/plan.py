@@ -518,6 +518,9 @@ class _Compiler:
                 n: context.local_vars[n] for n in _local_refs(step) if n in context.local_vars
             },
         )
+        if isinstance(step, TaskStep) and step.file is not None:
+            # A task file may use any local var set so far: it is read only when it starts.
+            base = replace(base, local_vars=dict(context.local_vars))
         produced = context.produced
         local_vars = context.local_vars
         leaves = [key]
@@ -934,6 +937,33 @@ def with_version(spec: StepSpec, version: Mapping[str, Any]) -> StepSpec:
     call = replace(spec.resource, version=dict(version))
     return replace(
         spec, resource=call, env={**spec.env, REQUEST_ENV: _request(call)}, version_from=None
+    )
+
+
+#: The job name of a resource's check builds is this and the resource's name: ``check:repo``.
+CHECK_JOB_PREFIX = "check:"
+
+
+def check_spec(
+    pipeline: Pipeline,
+    resource: str,
+    *,
+    version: Mapping[str, Any] | None = None,
+    key: str = "check",
+) -> StepSpec:
+    """The one step of a resource's check build: its type's ``check`` script, asked for the
+    versions from ``version`` on (Concourse passes the newest it knows), or for the newest
+    only when ``version`` is ``None``. Raises ``KeyError`` for an unknown resource."""
+    model = pipeline.resource(resource)
+    compiler = _Compiler(pipeline, Job(name=CHECK_JOB_PREFIX + model.name, plan=()), {})
+    call = compiler._resource(model.name, {}, version)
+    return StepSpec(
+        key=key,
+        name=model.name,
+        kind="check",
+        command=_resource_command(compiler._script(call, "check"), "."),
+        env={REQUEST_ENV: _request(call, with_params=False)},
+        resource=call,
     )
 
 

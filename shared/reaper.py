@@ -66,6 +66,7 @@ from shared import artifacts, podstatus
 from shared import status as st
 from shared.archive import STAGING_PREFIX
 from shared.builds import abort_build, advance_build, step_finished_event, step_ready_event
+from shared.conditions import StepState, decide, may_still_run
 from shared.db import ArtifactRow, BuildRow, SessionFactory, StepRow, transaction
 from shared.events import EventSink
 from shared.logstore import LogStore
@@ -361,11 +362,18 @@ def abort_timed_out_builds(
     now = clock()
     cut = now - timedelta(seconds=timeout)
     reason = f"it ran longer than the build timeout of {timeout}s (JETBRIDGE_BUILD_TIMEOUT_SECONDS)"
+    # Aborted already, and running its ensure/on_abort hooks: those have their own deadlines.
+    aborting = exists().where(StepRow.build_id == BuildRow.id, StepRow.status == st.ABORTED)
     for batch in _keyset(
         sessions,
         lambda last: (
             select(BuildRow.id, BuildRow.started_at)
-            .where(BuildRow.status == st.STARTED, BuildRow.started_at < cut, BuildRow.id > last)
+            .where(
+                BuildRow.status == st.STARTED,
+                BuildRow.started_at < cut,
+                ~aborting,
+                BuildRow.id > last,
+            )
             .order_by(BuildRow.id)
         ),
         settings.reaper_batch_size,
@@ -600,13 +608,15 @@ def settle_builds(
     ):
         ids = [r.id for r in batch]
         with transaction(sessions) as session:
-            steps: dict[int, list[tuple[str, str, list[Any]]]] = {i: [] for i in ids}
+            steps: dict[int, list[StepState]] = {i: [] for i in ids}
             for s in session.execute(
-                select(StepRow.build_id, StepRow.key, StepRow.status, StepRow.depends_on).where(
-                    _among(session, StepRow.build_id, ids)
-                )
+                select(StepRow.build_id, StepRow.key, StepRow.status, StepRow.attempt, StepRow.spec)
+                .where(_among(session, StepRow.build_id, ids))
+                .order_by(StepRow.id)
             ):
-                steps[s.build_id].append((s.key, s.status, s.depends_on))
+                spec = StepSpec.from_json(s.spec)
+                state = StepState(key=s.key, status=s.status, attempt=s.attempt, spec=spec)
+                steps[s.build_id].append(state)
         for build_id in ids:
             if not _would_advance(steps[build_id]):
                 continue
@@ -621,20 +631,15 @@ def settle_builds(
             report.done("stalled_builds")
 
 
-def _would_advance(steps: Sequence[tuple[str, str, Sequence[str]]]) -> bool:
-    """Whether ``advance_build`` would move a build whose steps are ``(key, status, deps)``.
+def _would_advance(steps: Sequence[StepState]) -> bool:
+    """Whether ``advance_build`` would move a build whose steps are ``steps`` (in plan order).
 
     A build with no steps at all is not one ``advance_build`` can judge; its timeout ends it.
     """
-    status = {key: s for key, s, _ in steps}
-    if not status:
+    if not steps:
         return False
-    if all(s in st.STEP_TERMINAL for s in status.values()):
-        return True
-    return any(
-        s == st.PENDING and all(status.get(d, st.SUCCEEDED) in st.STEP_TERMINAL for d in deps)
-        for _, s, deps in steps
-    )
+    decision = decide(steps)
+    return bool(decision.schedule or decision.skip or decision.retry or decision.outcome)
 
 
 def reap_pods(
@@ -940,17 +945,16 @@ def _reap_consumed(
 def _consumed(session: Session, build_id: int) -> list[int]:
     """Ready artifacts of a running build that no step which may still run reads."""
     steps = session.execute(
-        select(StepRow.id, StepRow.key, StepRow.status, StepRow.spec).where(
+        select(StepRow.id, StepRow.key, StepRow.status, StepRow.attempt, StepRow.spec).where(
             StepRow.build_id == build_id
         )
     ).all()
     key_of = {s.id: s.key for s in steps}
-    needed = {
-        (binding.producer, binding.name)
-        for s in steps
-        if s.status not in st.STEP_TERMINAL
-        for binding in StepSpec.from_json(s.spec).inputs
-    }
+    needed: set[tuple[str, str]] = set()
+    for s in steps:
+        spec = StepSpec.from_json(s.spec)
+        if may_still_run(s.status, s.attempt, spec):  # a failed step may get another attempt
+            needed.update((binding.producer, binding.name) for binding in spec.inputs)
     rows = session.execute(
         select(ArtifactRow.id, ArtifactRow.step_id, ArtifactRow.name).where(
             ArtifactRow.build_id == build_id, ArtifactRow.state == artifacts.READY

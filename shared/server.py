@@ -132,7 +132,7 @@ class Server:
         reaper_interval: float | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.ci = LocalCI(settings, clock=clock)
+        self.ci = LocalCI(settings, clock=clock, scheduling=True)
         self.reaper_interval = (
             reaper_interval if reaper_interval is not None else settings.reaper_interval_seconds
         )

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared import artifacts, launching, podstatus
+from shared import artifacts, launching, podstatus, versions
 from shared import status as st
 from shared.builds import advance_build, step_finished_event
 from shared.conditions import explain_failure
@@ -261,7 +261,9 @@ def finish_step(
         step = session.get(StepRow, ref.step_id)
         assert step is not None
         if step.status == st.RUNNING and step.pod_name == ref.name and step.attempt == ref.attempt:
-            _finish(
+            # Two finishers of one pod (its event and the reaper's resync) can both get
+            # here; the compare-and-set lets one record and announce the step.
+            moved = _finish(
                 session,
                 step,
                 status,
@@ -270,12 +272,23 @@ def finish_step(
                 exit_code=outcome.exit_code,
                 result=dict(outcome.result),
             )
-            if status == st.SUCCEEDED:
+            if moved and status == st.SUCCEEDED:
                 for row in session.scalars(
                     select(ArtifactRow).where(ArtifactRow.step_id == step.id)
                 ).all():
                     artifacts.mark_ready(session, row, root=root, clock=clock)
-            emitted = step_finished_event(ref.build_id, step, reason=outcome.reason)
+                if kind == "check":  # the versions it found join the resource's history
+                    versions.save_check_result(
+                        session,
+                        build_id=ref.build_id,
+                        spec=spec,
+                        result=outcome.result,
+                        now=clock(),
+                    )
+            if moved:
+                emitted = step_finished_event(ref.build_id, step, reason=outcome.reason)
+            else:  # the other one recorded it first: its status is the step's
+                session.refresh(step)
         final = step.status
     if emitted is not None:
         sink.emit(emitted)

@@ -550,15 +550,7 @@ def match(pipeline: Pipeline, push: Push) -> tuple[Trigger, ...]:
     commit has not passed the jobs before it) and no pinned ``version``; every such get
     of the job is pinned to the commit.
     """
-    tracking = {
-        r.name
-        for r in pipeline.resources
-        if r.type == "git"
-        and isinstance(r.source.get("uri"), str)
-        and not r.source.get("tag_filter")
-        and normalise_url(r.source["uri"]) in push.urls
-        and _tracks(r.source.get("branch"), push)
-    }
+    tracking = set(tracking_resources(pipeline, push))
     version = {"ref": push.commit}
     triggers = []
     for job in pipeline.jobs:
@@ -570,6 +562,19 @@ def match(pipeline: Pipeline, push: Push) -> tuple[Trigger, ...]:
         if any(g.trigger for g in gets):
             triggers.append(Trigger(job=job.name, versions={g.get: dict(version) for g in gets}))
     return tuple(triggers)
+
+
+def tracking_resources(pipeline: Pipeline, push: Push) -> tuple[str, ...]:
+    """The git resources ``push`` moved: its repository and branch, no ``tag_filter``."""
+    return tuple(
+        r.name
+        for r in pipeline.resources
+        if r.type == "git"
+        and isinstance(r.source.get("uri"), str)
+        and not r.source.get("tag_filter")
+        and normalise_url(r.source["uri"]) in push.urls
+        and _tracks(r.source.get("branch"), push)
+    )
 
 
 def no_match_reason(pipeline_name: str, push: Push) -> str:

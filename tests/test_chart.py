@@ -46,6 +46,7 @@ RELEASE, NAMESPACE = "jetbridge", "ci"
 #: Which function each event type must reach, from the types the handlers accept.
 ROUTES = {
     events.BUILD_REQUESTED: "trigger",
+    events.BUILD_FINISHED: "trigger",
     events.STEP_READY: "step-runner",
     **{t: "step-runner" for t in events.POD_EVENTS},
     events.PING: "reaper",

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from shared.db import PipelineRow, make_engine, make_session_factory, transaction
+from shared.db import BuildRow, PipelineRow, make_engine, make_session_factory, transaction
+from shared.versions import used_by
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -43,6 +44,11 @@ class Case:
     enforces_read_only: bool = False
     """Shows a write to a read-only input failing: only bubblewrap enforces that."""
     args: Sequence[str] = field(default_factory=tuple)
+    repo_script: str = "files/make_repo.py"
+    """With ``needs_repo``: the script (under examples/) that makes the repository."""
+    before: Sequence[str] = ()
+    """Jobs run first, one ``jetbridge run`` each, in the same workspace (their output is
+    kept too, before the case's own)."""
 
 
 CASES = [
@@ -211,6 +217,35 @@ CASES = [
         enforces_read_only=True,
     ),
     Case(
+        "passed-flow",
+        "versions/pipeline.yml",
+        "test",
+        0,
+        lines=(
+            "│ built ",
+            "build versions/build #1 (id 1) succeeded",
+            "✓ get repo succeeded",
+            "│ 1 test passed",
+            "build versions/test #1 (id 2) succeeded",
+        ),
+        needs_repo=True,
+        repo_script="demo/make_repo.py",
+        before=("build",),
+    ),
+    Case(
+        "passed-nothing-yet",
+        "versions/pipeline.yml",
+        "test",
+        1,
+        lines=(
+            "build versions/test #1 (id 1) errored",
+            "! no version of 'repo' has passed 'build' yet",
+        ),
+        absent=("▶ get repo",),
+        needs_repo=True,
+        repo_script="demo/make_repo.py",
+    ),
+    Case(
         "privileged-refused",
         "invalid/privileged.yml",
         None,
@@ -251,21 +286,25 @@ def run_case(case: Case, base: Path) -> Result:
     if case.needs_repo:
         origin = workspace / "origin.git"
         subprocess.run(
-            [sys.executable, str(EXAMPLES / "files" / "make_repo.py"), str(origin)],
+            [sys.executable, str(EXAMPLES / case.repo_script), str(origin)],
             check=True,
             capture_output=True,
         )
         args += ["--var", f"repo={origin}"]
-    command = ["validate", *args] if case.job is None else ["run", *args, "--job", case.job]
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--data-dir", str(workspace / "data"), *command],
-        cwd=workspace,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    return Result(result.returncode, result.stdout + result.stderr, workspace)
+    commands = [["run", *args, "--job", job] for job in case.before]
+    commands.append(["validate", *args] if case.job is None else ["run", *args, "--job", case.job])
+    out = ""
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "--data-dir", str(workspace / "data"), *command],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        out += result.stdout + result.stderr
+    return Result(result.returncode, out, workspace)
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +357,26 @@ def test_set_pipeline_self_saved_the_pipeline_from_the_repository(
             assert row.config == (EXAMPLES / "files" / "pipeline.yml").read_text()
     finally:
         engine.dispose()
+
+
+def test_a_job_with_passed_gets_the_commit_its_upstream_job_built(
+    results: dict[str, Result],
+) -> None:
+    result = results["passed-flow"]
+    engine = make_engine(f"sqlite:///{result.workspace / 'data' / 'jetbridge.db'}")
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            build, test = session.scalars(select(BuildRow).order_by(BuildRow.id)).all()
+            built = used_by(session, build.id)["input"]
+            tested = used_by(session, test.id)["input"]
+    finally:
+        engine.dispose()
+    head = subprocess.run(
+        ["git", "-C", str(result.workspace / "origin.git"), "rev-parse", "main"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert built == tested == [("repo", "repo", {"ref": head})]
+    # Built by hand, build checked for the newest commit; test was pinned to what build used.
+    assert (build.versions, test.versions) == ({}, {"repo": {"ref": head}})

@@ -149,6 +149,7 @@ def test_triggers_route_each_event_type_to_its_function() -> None:
         ]["name"]
     assert routes == {
         events.BUILD_REQUESTED: "trigger",
+        events.BUILD_FINISHED: "trigger",
         events.STEP_READY: "step-runner",
         **{t: "step-runner" for t in events.POD_EVENTS},
         events.PING: "reaper",

@@ -342,7 +342,7 @@ platform: linux
 inputs: [{name: src}]
 outputs: [{name: results}]
 params: {GO: ((go)), VERSION: from-the-file}
-run: {path: go, args: [test, ./...], dir: src}
+run: {path: go, args: [test, ./..., -ldflags=-X=v((.:version))], dir: src}
 """
 
 
@@ -363,7 +363,8 @@ def test_a_local_var_and_a_task_file_are_read_when_their_steps_start(
     assert version.pod_name is None  # no pod: the step runner read the file itself
     unit = r.pod(build_id, "unit")
     container = unit["spec"]["containers"][0]
-    assert container["command"] + container["args"] == ["go", "test", "./..."]
+    # The file's own ((.:version)) is filled too.
+    assert container["command"] + container["args"] == ["go", "test", "./...", "-ldflags=-X=v1.4.2"]
     assert container["workingDir"] == "/tmp/build/src"
     assert env_of(unit) == {"GO": "1.23", "VERSION": "v1.4.2"}
     assert "/tmp/build/src" in mounts_of(unit)

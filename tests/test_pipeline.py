@@ -671,7 +671,7 @@ PROBLEMS = [
         """,
         "resources[0].type",
         3,
-        "resource 'r' has type 'svn', which is neither built in (git) nor declared under"
+        "resource 'r' has type 'svn', which is neither built in (gcs, git, time) nor declared under"
         " resource_types",
     ),
     (
@@ -684,7 +684,7 @@ PROBLEMS = [
         "resource_types[0].type",
         1,
         "resource type 'slack' has type 'oci-image', which is neither built in (docker-image,"
-        " git, registry-image) nor declared under resource_types",
+        " gcs, git, registry-image, time) nor declared under resource_types",
     ),
     (
         "check-every-not-a-duration",

@@ -19,9 +19,12 @@ import pytest
 from shared import artifacts, events
 from shared import status as st
 from shared.archive import STAGING_PREFIX
-from shared.builds import abort_build
+from shared.builds import abort_build, start_build
+from shared.db import transaction
 from shared.errors import LogStoreUnavailable, NotFoundError, RuntimeUnavailable
+from shared.pipelines import save_pipeline
 from shared.podspec import LABEL_STEP
+from shared.reaper import ReapReport, reap_artifacts
 from tests.fakes import FakeClock
 from tests.reaping import Killed, Remover, World, at
 
@@ -410,3 +413,92 @@ def test_a_crashed_build_leaves_nothing_behind_after_two_ticks(
     assert_nothing_behind(world, build)
     assert world.step(build, "compile").status == st.ERRORED
     assert world.step(build, "ship").status == st.SKIPPED
+
+
+# --- hooks, retries and waiting builds ----------------------------------------------------
+
+HOOKS = """
+jobs:
+- name: flaky
+  plan:
+  - task: make
+    config: {platform: linux, outputs: [{name: out}], run: {path: make}}
+  - task: check
+    attempts: 2
+    config: {platform: linux, inputs: [{name: out}], run: {path: test}}
+  - task: last
+    config: {platform: linux, run: {path: "true"}}
+- name: hooked
+  serial: true
+  plan:
+  - task: long
+    config: {platform: linux, run: {path: sleep}}
+    ensure:
+      task: cleanup
+      config: {platform: linux, run: {path: cleanup}}
+"""
+
+
+def start(world: World, job: str) -> int:
+    with transaction(world.sessions) as session:
+        save_pipeline(session, name="hooks", config=HOOKS, clock=world.clock)
+    return start_build(
+        world.sessions, pipeline="hooks", job=job, sink=world.sink, clock=world.clock
+    ).build_id
+
+
+@pytest.mark.parametrize(
+    ("attempt", "kept"), [(1, True), (2, False)], ids=["attempt-left", "no-attempt-left"]
+)
+def test_a_failed_reader_with_attempts_left_keeps_what_it_reads(
+    world: World, attempt: int, kept: bool
+) -> None:
+    build = start(world, "flaky")
+    world.run(build, "make")
+    out = world.rows_of(build, "out")
+    check = world.step(build, "check")
+    # Killed between recording the failure and rescheduling the next attempt.
+    world.set_step(check.id, status=st.FAILED, attempt=attempt)
+    report = ReapReport()
+    reap_artifacts(
+        world.sessions, root=world.root, clock=world.clock, settings=world.settings, report=report
+    )
+    assert (out in world.rows()) == kept
+    assert report.tallies["artifacts"].done == int(not kept)
+
+
+def test_an_aborted_build_runs_its_ensure_hook_then_ends_aborted(world: World) -> None:
+    build = start(world, "hooked")
+    pod = world.launch(build, "long")
+    aborted = abort_build(
+        world.sessions,
+        build_id=build,
+        runtime=world.runtime,
+        logs=world.logs,
+        sink=world.sink,
+        clock=world.clock,
+    )
+    assert (aborted.aborted, aborted.status, aborted.steps) == (True, st.STARTED, ("long",))
+    assert pod not in world.runtime.pods
+    cleanup = world.step(build, "cleanup")
+    assert cleanup.status == st.SCHEDULED  # Concourse runs ensure (and on_abort) hooks
+    report = world.reap()  # the reaper leaves the hook to run
+    assert report.tallies["timed_out_builds"].found == 0
+    world.run(build, "cleanup")
+    assert world.step(build, "cleanup").status == st.SUCCEEDED
+    (done,) = world.sink.of(events.BUILD_FINISHED)
+    assert done["status"] == st.ABORTED
+    world.reap()
+    assert world.runtime.pods == {} and world.rows() == {} and world.dirs() == set()
+
+
+def test_a_build_waiting_for_its_turn_is_aborted_at_once(world: World) -> None:
+    first = start(world, "hooked")
+    waiting = start(world, "hooked")  # serial: it waits for the first
+    assert world.step(waiting, "long").status == st.PENDING
+    aborted = abort_build(
+        world.sessions, build_id=waiting, runtime=world.runtime, sink=world.sink, clock=world.clock
+    )
+    assert (aborted.status, aborted.steps) == (st.ABORTED, ("long", "cleanup"))
+    assert [e["build_id"] for e in world.sink.of(events.BUILD_FINISHED)] == [waiting]
+    assert world.step(first, "long").status == st.SCHEDULED

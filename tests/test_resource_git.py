@@ -188,7 +188,7 @@ def closed_port() -> int:
 
 
 def test_resource_dirs_hold_the_three_executables() -> None:
-    assert set(RESOURCE_DIRS) == {"git"}
+    assert set(RESOURCE_DIRS) == {"gcs", "git", "time"}
     for script in ("check", "in", "out"):
         path = RESOURCE_DIRS["git"] / script
         mode = stat.S_IMODE(path.stat().st_mode)

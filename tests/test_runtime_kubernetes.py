@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, V1Pod
 
+from shared import app
 from shared.errors import (
     ConfigurationError,
     JetBridgeError,
@@ -376,3 +377,28 @@ def test_from_settings_without_any_cluster_says_so(tmp_path: Path) -> None:
         KubernetesRuntime.from_settings(
             Settings(), environ={"KUBECONFIG": str(tmp_path / "missing")}
         )
+
+
+def test_a_function_in_the_cluster_gets_the_kubernetes_runtime(
+    server: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.format(url=server.url, namespace=NAMESPACE))
+    for key, value in {
+        "KUBECONFIG": str(path),
+        "JETBRIDGE_RUNTIME": "kubernetes",
+        "JETBRIDGE_NAMESPACE": NAMESPACE,
+        "JETBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'jetbridge.db'}",
+        "JETBRIDGE_STORE_ROOT": str(tmp_path / "store"),
+        "K_SINK": "http://127.0.0.1:9/broker",
+    }.items():
+        monkeypatch.setenv(key, value)
+    app.install(None)
+    try:
+        deps = app.current()
+        deps.runtime.launch(step_pod())  # through whatever wraps it (metrics)
+        assert [p["metadata"]["name"] for p in deps.runtime.list()] == [step_pod().metadata.name]
+        assert [c.verb for c in server.calls] == ["create", "list"]
+        deps.engine.dispose()
+    finally:
+        app.install(None)

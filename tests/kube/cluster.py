@@ -86,7 +86,12 @@ class ClusterCI:
         configuration: Configuration,
         clock: Callable[[], datetime],
         share: Callable[[Path], None] | None = None,
+        bus: InProcessBus | None = None,
+        wrap: Callable[[Deps], Deps] | None = None,
     ) -> None:
+        """``bus`` replaces the in-process bus (the fault tests' broker, which duplicates,
+        shuffles and redelivers); ``wrap`` may replace ports of the deps the handlers get
+        (a runtime or a sink that fails on cue)."""
         data_dir = settings.data_dir.resolve()
         settings = settings.with_overrides(
             runtime="kubernetes",
@@ -98,13 +103,15 @@ class ClusterCI:
         settings.store_root.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self._share = share
-        self.bus = InProcessBus()
+        self.bus = bus if bus is not None else InProcessBus()
         self.runtime = KubernetesRuntime(
             ApiClient(configuration),
             namespace=settings.namespace,
             grace_period_seconds=settings.pod_grace_period_seconds,
         )
         self.deps: Deps = build_deps(settings, sink=self.bus, runtime=self.runtime, clock=clock)
+        if wrap is not None:
+            self.deps = wrap(self.deps)
         upgrade(self.deps.engine)
         deps = self.deps
         self.bus.subscribe(
