@@ -8,7 +8,7 @@ DEMO_REPO := $(abspath $(DATA)/demo/origin.git)
 PYTEST_ARGS ?=
 TOOLS  := .tools
 
-.PHONY: help setup tools run test chart-check lint format golden docs bench e2e-live clean
+.PHONY: help setup tools run test chart-check lint format golden docs bench soak e2e-live clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,8 +49,16 @@ golden: setup tools  ## Rewrite the golden files (tests/testdata) from the code;
 docs: setup  ## Regenerate docs/configuration.md from the settings, the chart's values and the CLI
 	$(BIN)/python docs/generate_configuration.py
 
-bench: setup  ## Run the benchmarks
-	$(BIN)/python -m pytest -m bench -p no:randomly --benchmark-only $(PYTEST_ARGS) benchmarks
+bench: setup  ## Run the benchmarks (Postgres on 127.0.0.1:5432); write docs/benchmarks.md and .json
+	JETBRIDGE_BENCH_REPORT=1 $(BIN)/python -m pytest -m bench -p no:randomly --benchmark-only \
+		-q $(PYTEST_ARGS) benchmarks
+
+SOAK_BUILDS ?= 2000
+soak: setup  ## 2,000 builds with the reaper between them, on SQLite and Postgres; report appended
+	for db in sqlite postgres; do \
+		JETBRIDGE_SOAK_DATABASE=$$db JETBRIDGE_SOAK_BUILDS=$(SOAK_BUILDS) JETBRIDGE_SOAK_REPORT=1 \
+		$(BIN)/python -m pytest -p no:randomly -q -s $(PYTEST_ARGS) tests/test_soak.py || exit 1; \
+	done
 
 e2e-live: setup  ## Run tests/live against the cluster KUBECONFIG names (a namespace of its own)
 	@if [ -z "$$KUBECONFIG" ]; then 		echo "e2e-live skipped: KUBECONFIG is not set, so there is no cluster to run against"; 	else 		$(BIN)/python -m pytest -ra -p no:randomly $(PYTEST_ARGS) tests/live; 	fi

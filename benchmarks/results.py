@@ -28,6 +28,20 @@ MARKDOWN = DOCS / "benchmarks.md"
 JSON = DOCS / "benchmarks.json"
 #: The heading of the section ``make soak`` writes; everything from it on belongs to the soak.
 SOAK_HEADING = "## Soak"
+#: The table's order: the issue's list first; any other benchmark after, as it ran.
+ORDER = (
+    "control plane per step transition",
+    "step launches (in-process)",
+    "webhooks over HTTP",
+    "concurrent builds",
+    "artifact streams",
+    "reaper: one tick",
+    "writable inputs",
+)
+
+
+def _rank(group: str) -> int:
+    return next((i for i, name in enumerate(ORDER) if name in group), len(ORDER))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +126,8 @@ def _postgres_version() -> str:
         )
     except (OSError, subprocess.SubprocessError):
         return ""
-    return done.stdout.strip().rsplit(" ", 1)[-1] if done.returncode == 0 else ""
+    found = re.search(r"\d+(?:\.\d+)+", done.stdout) if done.returncode == 0 else None
+    return found.group(0) if found else ""
 
 
 def _number(value: float) -> str:
@@ -187,11 +202,12 @@ def _markdown(
         "| benchmark | measured | value | conditions |",
         "|---|---|---|---|",
     ]
-    for r in results.items:
-        lines.append(f"| {r.benchmark} | {r.name} | {r.shown()} | {_context(r.context)} |")
+    for r in sorted(results.items, key=lambda r: _rank(r.benchmark)):
+        cells = (r.benchmark, r.name, r.shown(), _context(r.context))
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if results.notes:
         lines += ["", "## Notes", ""]
-        for group, notes in results.notes.items():
+        for group, notes in sorted(results.notes.items(), key=lambda n: _rank(n[0])):
             for text in notes:
                 lines.append(f"- **{group}**: {text}")
     if results.seconds:
@@ -222,26 +238,42 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def write_soak(
+    label: str,
     summary: Mapping[str, Any],
     table: Sequence[str],
     *,
     markdown: Path = MARKDOWN,
     json_path: Path = JSON,
 ) -> None:
-    """Put the soak's section at the end of the Markdown file and its data in the JSON
-    file, replacing an earlier soak's and keeping everything else."""
+    """Put one soak's report (``label``: its database) in the soak section at the end of the
+    Markdown file, and its data under ``soak`` in the JSON file, replacing an earlier
+    report of the same label and keeping everything else."""
     try:
         text = markdown.read_text()
     except OSError:
         text = "# Benchmarks\n"
     index = text.find("\n" + SOAK_HEADING + "\n")
-    if index >= 0:
-        text = text[: index + 1]
-    text = text.rstrip("\n") + "\n\n" + "\n".join([SOAK_HEADING, "", *table]) + "\n"
-    markdown.write_text(text)
+    head, section = (text[: index + 1], text[index + 1 :]) if index >= 0 else (text, "")
+    reports = _subsections(section)
+    reports[label] = "\n".join([f"### {label}", "", *table]).rstrip("\n") + "\n"
+    body = "\n".join(reports[k] for k in sorted(reports))
+    markdown.write_text(head.rstrip("\n") + "\n\n" + SOAK_HEADING + "\n\n" + body)
     data = _read_json(json_path)
-    data["soak"] = dict(summary)
+    soaks = data.get("soak") if isinstance(data.get("soak"), dict) else {}
+    soaks = {k: v for k, v in soaks.items() if isinstance(v, dict) and "builds" in v}
+    soaks[label] = dict(summary)
+    data["soak"] = soaks
     json_path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _subsections(section: str) -> dict[str, str]:
+    """The ``### <label>`` reports of a soak section, by label."""
+    found: dict[str, str] = {}
+    for part in re.split(r"(?m)^(?=### )", section):
+        if part.startswith("### "):
+            label = part.splitlines()[0][4:].strip()
+            found[label] = part.rstrip("\n") + "\n"
+    return found
 
 
 def test_id(nodeid: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.conftest import REPORT
+from benchmarks.conftest import Recorder
 from shared import launching
 from shared.db import ArtifactRow
 from shared.plan import InputBinding, OutputBinding, StepSpec
@@ -79,28 +79,34 @@ def tree_size(path: Path) -> int:
 
 
 def report(
-    benchmark: Any, what: str, tree: Path, copy: Callable[[Path, Path], object] | None = None
+    benchmark: Any,
+    results: Recorder,
+    what: str,
+    tree: Path,
+    copy: Callable[[Path, Path], object] | None = None,
 ) -> None:
-    """A line for the summary: what was copied, how, its median time and, for a copy, the
-    disk space one more copy takes once written out (reflinks share the data blocks)."""
+    """Record what was copied, how, its median time and, for a copy, the disk space one
+    more copy takes once written out (reflinks share the data blocks)."""
     files = sum(1 for f in tree.rglob("*") if f.is_file())
     median = benchmark.stats.stats.median
-    shown = f"{median * 1e6:.0f} µs" if median < 0.01 else f"{median:.2f} s"
     mb = tree_size(tree) / 1e6
-    space = ""
+    where = {"tree": f"{mb:.0f} MB in {files} files"}
+    group = "writable inputs"
+    if median < 0.01:
+        results.record(group, what, median * 1e6, "µs", **where)
+    else:
+        results.record(group, what, median, "s", **where)
     if copy is not None:
         (source, target), _ = fresh_target(tree)()
         os.sync()
         free = shutil.disk_usage(target).free
         copy(source, target)
         os.sync()
-        space = f", {(free - shutil.disk_usage(target).free) / 1e6:.0f} MB of disk"
-    REPORT.append(
-        f"writable input, {what}: {shown}{space} for {mb:.0f} MB in {files} files (median)"
-    )
+        used = (free - shutil.disk_usage(target).free) / 1e6
+        results.record(group, f"{what}: disk one more copy takes", used, "MB", **where)
 
 
-def test_zero_copy(benchmark: Any, tree: Path) -> None:
+def test_zero_copy(benchmark: Any, tree: Path, results: Recorder) -> None:
     """The default: the step runner only works out the mounts; the pod reads in place."""
     spec = StepSpec(
         key="1",
@@ -113,19 +119,19 @@ def test_zero_copy(benchmark: Any, tree: Path) -> None:
     out = ArtifactRow(subpath="artifacts/1/b", name="out")
     mounts = benchmark(launching.mounts, spec, [(spec.inputs[0], row)], {"out": out})
     assert [m.read_only for m in mounts] == [True, False]
-    report(benchmark, "zero-copy read-only mount (the default)", tree)
+    report(benchmark, results, "zero-copy read-only mount (the default)", tree)
 
 
-def test_copy_with_cp(benchmark: Any, tree: Path) -> None:
+def test_copy_with_cp(benchmark: Any, tree: Path, results: Recorder) -> None:
     result = benchmark.pedantic(copy_tree, setup=fresh_target(tree), rounds=3, iterations=1)
     assert result.method == "cp"
     (target,) = tree.parent.glob("target-*")
     assert tree_size(target) == tree_size(tree)
     assert os.readlink(target / "latest.bin") == "big0.bin"
-    report(benchmark, "copy_tree with cp --reflink=auto", tree, copy_tree)
+    report(benchmark, results, "copy_tree with cp --reflink=auto", tree, copy_tree)
 
 
-def test_copy_in_python(benchmark: Any, tree: Path) -> None:
+def test_copy_in_python(benchmark: Any, tree: Path, results: Recorder) -> None:
     def copy(source: Path, target: Path) -> object:
         return copy_tree(source, target, use_cp=False)
 
@@ -133,10 +139,12 @@ def test_copy_in_python(benchmark: Any, tree: Path) -> None:
     (target,) = tree.parent.glob("target-*")
     assert tree_size(target) == tree_size(tree)
     cloned = getattr(result, "cloned", 0)
-    report(benchmark, f"copy_tree in Python ({cloned} files cloned by FICLONE)", tree, copy)
+    report(
+        benchmark, results, f"copy_tree in Python ({cloned} files cloned by FICLONE)", tree, copy
+    )
 
 
-def test_plain_copy_for_scale(benchmark: Any, tree: Path) -> None:
+def test_plain_copy_for_scale(benchmark: Any, tree: Path, results: Recorder) -> None:
     def copy(source: Path, target: Path) -> None:
         subprocess.run(
             ["cp", "--reflink=never", "-a", "--no-target-directory", f"{source}/.", str(target)],
@@ -144,4 +152,4 @@ def test_plain_copy_for_scale(benchmark: Any, tree: Path) -> None:
         )
 
     benchmark.pedantic(copy, setup=fresh_target(tree), rounds=3, iterations=1)
-    report(benchmark, "plain copy, cp --reflink=never (for scale)", tree, copy)
+    report(benchmark, results, "plain copy, cp --reflink=never (for scale)", tree, copy)

@@ -49,6 +49,11 @@ OUTPUT = ROOT / "docs" / "configuration.md"
 CHART = ROOT / "deploy" / "chart"
 COMMAND = "make docs"
 
+
+class GenerationError(Exception):
+    """The code cannot be documented as it is: a setting with no docstring, a bad example."""
+
+
 # ------------------------------------------------------------------------------- examples
 
 #: Examples where the docstring offers none fit to copy. Each is checked: a setting's
@@ -403,7 +408,7 @@ def variables() -> list[Variable]:
     for f in fields(Settings):
         name = env_name(f.name)
         if f.name not in docs:
-            raise SystemExit(
+            raise GenerationError(
                 f"shared/settings.py: setting {f.name} has no docstring to document it"
             )
         doc = docs[f.name]
@@ -411,7 +416,7 @@ def variables() -> list[Variable]:
         example = _example(f, doc, default)
         problem = _loads(example) if example else None
         if problem:
-            raise SystemExit(f"the example of {name} is refused: {problem}")
+            raise GenerationError(f"the example of {name} is refused: {problem}")
         via = chart.get(name)
         out.append(
             Variable(
@@ -584,7 +589,7 @@ def sections() -> list[Section]:
                 try:
                     validator.validate(_with(values, path, example))
                 except jsonschema.ValidationError as e:
-                    raise SystemExit(
+                    raise GenerationError(
                         f"the example of {path} ({example!r}) fails the schema: {e.message}"
                     ) from None
                 flag = _set_flag(path, example)
@@ -848,7 +853,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     args = parser.parse_args(argv)
-    text = render()
+    try:
+        text = render()
+    except GenerationError as e:
+        print(f"cannot write {OUTPUT.relative_to(ROOT)}: {e}", file=sys.stderr)
+        return 2
     if args.check:
         if OUTPUT.exists() and OUTPUT.read_text() == text:
             return 0

@@ -82,7 +82,8 @@ class Input:
     trigger: bool = False
     every: bool = False
     pinned: Mapping[str, str] | None = None
-    """A version pinned by the pipeline (``version: {…}``) or by the build request."""
+    """A version pinned by the pipeline (the get's or the resource's ``version: {…}``) or by
+    the build request."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,16 +144,18 @@ def job_inputs(pipeline: Pipeline, job: Job) -> tuple[Input, ...]:
     """Every get of ``job`` (plan and hooks, however deep), one per get name, in plan order."""
     order = {j.name: i for i, j in enumerate(pipeline.jobs)}
     inputs: dict[str, Input] = {}
+    pins = {r.name: r.version for r in pipeline.resources if r.version is not None}
     for step in _gets(_job_steps(job)):
         if step.get in inputs:
             continue  # the copies of an across step: one get
+        pinned = step.version if isinstance(step.version, Mapping) else pins.get(step.resource)
         inputs[step.get] = Input(
             name=step.get,
             resource=step.resource,
             passed=tuple(sorted(step.passed, key=lambda j: (order.get(j, len(order)), j))),
             trigger=step.trigger,
             every=step.version == "every",
-            pinned=dict(step.version) if isinstance(step.version, Mapping) else None,
+            pinned=dict(pinned) if pinned is not None else None,
         )
     return tuple(inputs.values())
 

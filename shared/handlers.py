@@ -170,5 +170,8 @@ def _check_and_schedule(deps: Deps) -> None:
     except JetBridgeError as e:
         log.warning("checks and triggers of this tick stopped: %s", e)
         return
+    except Exception:  # the next tick tries again; the reaper's report stands
+        log.exception("checks and triggers of this tick failed")
+        return
     if checked.started or triggered:
         log.info("tick: %s; %d build(s) triggered", checked.summary(), len(triggered))

@@ -50,6 +50,10 @@ class Resource:
     check_every: str | None = None
     webhook_token: str | None = None
     icon: str | None = None
+    version: Mapping[str, str] | None = None
+    """Pinned: every get of the resource takes this version (unless the get pins its own)."""
+    check_timeout: str | None = None
+    """How long a check may run (a Go duration); ``None``: Concourse's default, an hour."""
     where: Where | None = field(default=None, compare=False)
 
 
@@ -349,7 +353,16 @@ LOAD_VAR_FORMATS = ("json", "yaml", "yml", "trim", "raw")
 # The keys accepted at each place, in the order docs/pipelines.md lists them (messages
 # list them in this order too, so a reader can match the two).
 _TOP_KEYS = ("resources", "resource_types", "jobs")
-_RESOURCE_KEYS = ("name", "type", "source", "check_every", "webhook_token", "icon")
+_RESOURCE_KEYS = (
+    "name",
+    "type",
+    "source",
+    "check_every",
+    "webhook_token",
+    "icon",
+    "version",
+    "check_timeout",
+)
 _RESOURCE_TYPE_KEYS = ("name", "type", "source")
 _JOB_KEYS = ("name", "plan", "serial", "serial_groups", "max_in_flight", "public", *HOOK_KEYS)
 # Modifiers any step may carry (``fail_fast`` only beside ``across``); composite steps
@@ -384,7 +397,6 @@ _INPUT_KEYS = ("name", "path", "optional")
 _OUTPUT_KEYS = ("name", "path")
 _RUN_KEYS = ("path", "args", "dir", "user")
 
-_PLANNED_VERSIONS = "planned with resource versions (issue 6, part 2)"
 _PLANNED_TYPES = "planned with resource types (issue 6, part 3)"
 
 # Concourse keys JetBridge knows and refuses, with the reason its message gives. A key
@@ -406,8 +418,8 @@ _REFUSED: Mapping[str, str] = {
     "get_params": "a put runs no implicit get in JetBridge; add a get in a later job",
     "team": "JetBridge has no teams: set_pipeline sets a pipeline of this JetBridge",
     "instance_vars": "instanced pipelines are not supported",
-    "version": f"pinning a resource's version is {_PLANNED_VERSIONS}",
-    "check_timeout": _PLANNED_VERSIONS,
+    "version": "a version is pinned on a resource or on a get step",
+    "check_timeout": f"a resource type's check_timeout is {_PLANNED_TYPES}",
     "public": "there is no web UI to show it in",
     "expose_build_created_by": "builds are not started by a user JetBridge knows",
     "tags": f"tags on resources and resource types are {_PLANNED_TYPES}; on a get, put or "
@@ -944,6 +956,24 @@ class _Reader:
             )
         webhook_token = self._optional(entries, "webhook_token", path, self._string)
         icon = self._optional(entries, "icon", path, self._string)
+        version = None
+        version_node = _present(entries, "version")
+        if isinstance(version_node, MappingNode):
+            pinned = self._version(version_node, _at(path, "version"))
+            version = pinned if isinstance(pinned, Mapping) else None
+        elif version_node is not None:
+            self._expected(version_node, _at(path, "version"), "a mapping naming one version")
+        check_timeout = self._optional(entries, "check_timeout", path, self._string)
+        if check_timeout is not None and (
+            check_timeout == "never"
+            or not _DURATION.fullmatch(check_timeout)
+            or duration_seconds(check_timeout) < 1
+        ):
+            self._problem_at(
+                _at(path, "check_timeout"),
+                f"check_timeout must be a duration like '1h' or '5m'; found {check_timeout!r}",
+            )
+            check_timeout = None
         if name is None or type_ is None:
             return None
         return Resource(
@@ -953,6 +983,8 @@ class _Reader:
             check_every=check_every,
             webhook_token=webhook_token,
             icon=icon,
+            version=version,
+            check_timeout=check_timeout,
             where=_where(path, node),
         )
 

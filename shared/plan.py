@@ -52,6 +52,7 @@ from shared.pipeline import (
     TaskConfig,
     TaskStep,
     TryStep,
+    duration_seconds,
 )
 
 #: Where the built-in resource types live in the resource image: one folder per
@@ -573,6 +574,8 @@ class _Compiler:
         version = self.versions.get(step.get)
         if version is None and isinstance(step.version, Mapping):
             version = step.version
+        if version is None:  # a resource pinned in the pipeline: every get takes that version
+            version = self.pipeline.resource(step.resource).version
         call = self._resource(step.resource, step.params, version)
         return replace(
             base,
@@ -596,7 +599,7 @@ class _Compiler:
             env={REQUEST_ENV: _request(call, with_params=False)},
             resource=call,
             tags=step.tags,
-            timeout_seconds=None,
+            timeout_seconds=_check_timeout(self.pipeline, step.resource),
             local_vars={},
         )
 
@@ -964,7 +967,14 @@ def check_spec(
         command=_resource_command(compiler._script(call, "check"), "."),
         env={REQUEST_ENV: _request(call, with_params=False)},
         resource=call,
+        timeout_seconds=_check_timeout(pipeline, model.name),
     )
+
+
+def _check_timeout(pipeline: Pipeline, resource: str) -> int | None:
+    """A resource's ``check_timeout`` in seconds; ``None``: the default deadline from settings."""
+    timeout = pipeline.resource(resource).check_timeout
+    return duration_seconds(timeout) if timeout is not None else None
 
 
 def _resource_command(script: str, target: str) -> tuple[str, ...]:

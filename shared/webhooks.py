@@ -565,11 +565,13 @@ def match(pipeline: Pipeline, push: Push) -> tuple[Trigger, ...]:
 
 
 def tracking_resources(pipeline: Pipeline, push: Push) -> tuple[str, ...]:
-    """The git resources ``push`` moved: its repository and branch, no ``tag_filter``."""
+    """The git resources ``push`` moved: its repository and branch, no ``tag_filter``, not
+    pinned to a version in the pipeline."""
     return tuple(
         r.name
         for r in pipeline.resources
         if r.type == "git"
+        and r.version is None
         and isinstance(r.source.get("uri"), str)
         and not r.source.get("tag_filter")
         and normalise_url(r.source["uri"]) in push.urls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from shared.constraints import (
     version_key,
 )
 from shared.pipeline import parse_pipeline
+from shared.plan import check_spec, compile_plan
+from shared.webhooks import Push, match, tracking_resources
 
 
 def v(ref: str) -> dict[str, str]:
@@ -343,3 +346,57 @@ def test_job_inputs_finds_every_get_once_with_passed_in_pipeline_order() -> None
         Input(name="pinned", resource="repo", pinned={"ref": "abc"}),
         Input(name="hooked", resource="tool"),
     )
+
+
+PINNED = """
+resources:
+- name: repo
+  type: git
+  source: {uri: "https://github.com/acme/app.git", branch: main}
+  version: {ref: abc123}
+  check_timeout: 90s
+- {name: tool, type: git, source: {uri: /y}}
+jobs:
+- name: build
+  plan:
+  - {get: repo, trigger: true}
+  - {get: other, resource: repo, version: {ref: def456}}
+  - {get: tool, trigger: true}
+"""
+
+
+def test_a_resource_pinned_in_the_pipeline_pins_its_gets_and_is_not_checked() -> None:
+    pipeline = parse_pipeline(PINNED)
+    inputs = job_inputs(pipeline, pipeline.job("build"))
+    assert [(i.name, i.pinned) for i in inputs] == [
+        ("repo", {"ref": "abc123"}),
+        ("other", {"ref": "def456"}),  # the get's own pin wins
+        ("tool", None),
+    ]
+    steps = {s.key: s for s in compile_plan(pipeline, "build")}
+    assert [s.kind for s in steps.values()] == ["get", "get", "check", "get"]
+    assert steps["0"].resource is not None and steps["0"].resource.version == {"ref": "abc123"}
+    # A push to it starts nothing: its gets take the pinned version whatever is pushed.
+    push = Push(
+        provider="github",
+        event="push",
+        delivery="d",
+        repository="https://github.com/acme/app.git",
+        urls=frozenset({"github.com/acme/app"}),
+        branch="main",
+        commit="f" * 40,
+    )
+    assert tracking_resources(pipeline, push) == ()
+    assert match(pipeline, push) == ()
+
+
+def test_check_timeout_bounds_a_resource_check() -> None:
+    pipeline = parse_pipeline(PINNED)
+    assert check_spec(pipeline, "repo").timeout_seconds == 90
+    assert check_spec(pipeline, "tool").timeout_seconds is None  # the default deadline
+    implicit = [s for s in compile_plan(pipeline, "build") if s.kind == "check"]
+    assert [s.timeout_seconds for s in implicit] == [None]
+    request = json.loads(
+        check_spec(pipeline, "tool", version={"ref": "x"}).env["JETBRIDGE_REQUEST"]
+    )
+    assert request == {"source": {"uri": "/y"}, "version": {"ref": "x"}}

@@ -18,6 +18,7 @@ import copy
 import importlib.util
 import re
 import shlex
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -40,6 +41,7 @@ CONFIGURATION = DOCS / "configuration.md"
 MONITORING_DOC = DOCS / "monitoring.md"
 RULES = ROOT / "deploy" / "monitoring" / "prometheusrule.yaml"
 SMOKE = ROOT / "examples" / "smoke" / "pipeline.yml"
+RUN_SMOKE = ("run", str(SMOKE), "--job", "smoke")
 
 
 def doc_files() -> list[Path]:
@@ -49,9 +51,13 @@ def doc_files() -> list[Path]:
         ROOT / "deploy" / "chart" / "README.md",
         ROOT / "deploy" / "monitoring" / "README.md",
         ROOT / "deploy" / "README.md",
-        ROOT / "knative" / "README.md",
     ]
     return [f for f in files if f.exists()]
+
+
+def linked_files() -> list[Path]:
+    """Every doc whose links are checked: the above and the Knative manifests' README."""
+    return [*doc_files(), *(f for f in [ROOT / "knative" / "README.md"] if f.exists())]
 
 
 def rel(path: Path) -> str:
@@ -131,10 +137,31 @@ def shell_lines(block: Block) -> Iterator[tuple[int, str]]:
             pending.append(line[:-1])
             continue
         pending.append(line)
+        if _open_quote("\n".join(pending)):  # a quoted string goes on to the next line
+            continue
         text = " ".join(p.strip() for p in pending).strip()
         pending = []
         if text:
             yield start, text
+    if pending:
+        yield start, " ".join(p.strip() for p in pending).strip()
+
+
+def _open_quote(text: str) -> bool:
+    """Whether ``text`` ends inside a quoted string."""
+    quote = ""
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+    return bool(quote)
 
 
 #: What a reader fills in: ``<pipeline>``, ``<build id>``, a shell variable, an ellipsis.
@@ -204,6 +231,8 @@ class Invocation:
     line: int
     text: str
     args: tuple[str, ...]
+    unreadable: str | None = None
+    """Why the shell line could not be split into words, if it could not."""
 
     @property
     def where(self) -> str:
@@ -222,7 +251,8 @@ def invocations(files: Sequence[Path]) -> list[Invocation]:
                 try:
                     calls = list(jetbridge_invocations(text))
                 except ValueError as e:  # shlex: no closing quotation
-                    raise AssertionError(f"{rel(path)}:{line}: cannot read `{text}`: {e}") from e
+                    found.append(Invocation(path, line, text, (), unreadable=str(e)))
+                    continue
                 found += [Invocation(path, line, text, tuple(args)) for args in calls]
     return found
 
@@ -284,6 +314,8 @@ def parse_error(args: Sequence[str]) -> str | None:
     except click.exceptions.Exit:  # --help, --version
         return None
     except click.ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # a group with nothing after it
+            return "no command given"
         return e.format_message()
     return None
 
@@ -293,6 +325,7 @@ DOC_INVOCATIONS = invocations(doc_files())
 
 @pytest.mark.parametrize("call", DOC_INVOCATIONS, ids=[c.where for c in DOC_INVOCATIONS])
 def test_every_jetbridge_command_in_the_docs_parses(call: Invocation) -> None:
+    assert call.unreadable is None, f"{call.where}: cannot read `{call.text}`: {call.unreadable}"
     error = parse_error(call.args)
     assert error is None, f"{call.where}: `{call.text}` does not parse: {error}"
 
@@ -311,7 +344,7 @@ def test_the_guides_show_commands_the_check_reads() -> None:
         ("jetbridge frobnicate", "No such command 'frobnicate'"),
         ("jetbridge run pipeline.yml", "Missing option '-j' / '--job'"),
         ("jetbridge builds --count many", "'many' is not a valid integer"),
-        ("jetbridge logs 3 --stage unit", "No such option: --stage"),
+        ("jetbridge logs 3 --stage unit", "--stage"),
         ("jetbridge validate a.yml b.yml", "unexpected extra argument (b.yml)"),
         ("jetbridge db", "no command given"),
         ("jetbridge db downgrade", "No such command 'downgrade'"),
@@ -358,7 +391,11 @@ def _generator() -> ModuleType:
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
     return module
 
 
@@ -410,7 +447,7 @@ def slug(heading: str) -> str:
 
 
 def anchors(path: Path) -> set[str]:
-    text = _without_code(path.read_text())
+    text = _without_code(path.read_text(), inline=False)
     found: set[str] = set()
     for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.M):
         base = slug(heading)
@@ -423,8 +460,9 @@ def anchors(path: Path) -> set[str]:
     return found
 
 
-def _without_code(text: str) -> str:
-    """The Markdown with fenced blocks blanked (line numbers kept) and inline code removed."""
+def _without_code(text: str, *, inline: bool = True) -> str:
+    """The Markdown with fenced blocks blanked (line numbers kept) and, with ``inline``,
+    inline code removed."""
     out = []
     fence = None
     for line in text.splitlines():
@@ -437,28 +475,28 @@ def _without_code(text: str) -> str:
                 fence = None
             out.append("")
         else:
-            out.append(re.sub(r"`[^`]*`", "", line))
+            out.append(re.sub(r"(`+).*?\1", "", line) if inline else line)
     return "\n".join(out)
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
-@pytest.mark.parametrize("doc", doc_files(), ids=rel)
+@pytest.mark.parametrize("doc", linked_files(), ids=rel)
 def test_relative_links_resolve(doc: Path) -> None:
     problems = []
-    for number, line in enumerate(_without_code(doc.read_text()).splitlines(), start=1):
-        for target in LINK.findall(line):
-            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
-                continue
-            path, _, anchor = target.partition("#")
-            dest = (doc.parent / path).resolve() if path else doc
-            if not dest.exists():
-                problems.append(f"{rel(doc)}:{number}: {target}: {path} does not exist")
-            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
-                problems.append(
-                    f"{rel(doc)}:{number}: {target}: no section #{anchor} in {rel(dest)}"
-                )
+    text = _without_code(doc.read_text())
+    for m in LINK.finditer(text):  # a link's text may run over two lines
+        target = m.group(1)
+        number = text.count("\n", 0, m.start(1)) + 1
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        if not dest.exists():
+            problems.append(f"{rel(doc)}:{number}: {target}: {path} does not exist")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            problems.append(f"{rel(doc)}:{number}: {target}: no section #{anchor} in {rel(dest)}")
     assert not problems, "\n".join(problems)
 
 
@@ -494,10 +532,119 @@ def test_the_monitoring_guide_explains_every_metric_and_alert() -> None:
     assert not [a for a in alerts if a not in text], "an alert is not in docs/monitoring.md"
 
 
-def test_the_guides_mention_no_machine_of_ours() -> None:
-    for doc in [*(DOCS / g for g in GUIDES), DOCS / "generate_configuration.py", SMOKE]:
-        text = doc.read_text()
-        assert "/work/" not in text and "/tmp/bash" not in text, rel(doc)
+def test_the_guides_name_no_checkout_of_their_own() -> None:
+    """Nothing generated or written here carries the path of the checkout it was made in."""
+    for doc in [*(DOCS / g for g in GUIDES), SMOKE]:
+        assert str(ROOT) not in doc.read_text(), f"{rel(doc)} names {ROOT}"
+
+
+# ------------------------------------------------------------- settings and values named
+
+
+def _settings() -> set[str]:
+    from dataclasses import fields
+
+    from shared.settings import Settings
+
+    return {f.name for f in fields(Settings)}
+
+
+def _params() -> list[str]:
+    return re.findall(
+        r"^\s*## @param (\S+) ", (ROOT / "deploy/chart/values.yaml").read_text(), re.M
+    )
+
+
+def _known_value(path: str) -> bool:
+    """A documented value, or a key inside a map-valued one (``webhooks.secrets.app``);
+    under ``functions.settings``, the key must be a setting."""
+    if path.startswith("functions.settings."):
+        return path.removeprefix("functions.settings.") in _settings()
+    return any(path == p or path.startswith(p + ".") for p in _params())
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=str)
+def test_the_guides_name_only_real_settings_and_values(guide: str) -> None:
+    text = (DOCS / guide).read_text()
+    env_names = {f"JETBRIDGE_{name.upper()}" for name in _settings()}
+    unknown = sorted(
+        {n for n in re.findall(r"\bJETBRIDGE_[A-Z0-9_]*[A-Z0-9]\b", text) if n not in env_names}
+    )
+    assert not unknown, f"docs/{guide} names settings that do not exist: {unknown}"
+    values = re.findall(r"--set(?:-string|-json)?[ =]'?([A-Za-z0-9_.-]+)=", text)
+    values += re.findall(r"\bfunctions\.settings\.[a-z0-9_]+", text)
+    bad = sorted({v for v in values if not _known_value(v)})
+    assert not bad, f"docs/{guide} sets Helm values the chart does not have: {bad}"
+
+
+def heredocs(path: Path) -> Iterator[tuple[int, str, str]]:
+    """``cat > FILE <<'EOF'`` in the shell blocks: (line, FILE, what is written)."""
+    for block in fenced_blocks(path):
+        if block.info not in SHELL_BLOCKS:
+            continue
+        lines = list(block.lines)
+        for i, line in enumerate(lines):
+            m = re.search(r"cat\s*>\s*(\S+)\s*<<-?\s*['\"]?(\w+)['\"]?", line)
+            if m:
+                end = lines.index(m.group(2), i + 1)
+                yield block.line + i, m.group(1), "\n".join(lines[i + 1 : end]) + "\n"
+
+
+def test_the_gke_values_install_the_objects_the_guide_names(tmp_path: Path) -> None:
+    """The values file of the GKE guide passes the schema, lints, and renders the objects
+    (and container names) the guide's commands use."""
+    import json
+
+    import jsonschema
+
+    from tests.manifests import documents, run, tool
+
+    found = [
+        (line, body) for line, name, body in heredocs(DOCS / "gke.md") if name == "values-gke.yaml"
+    ]
+    assert len(found) == 1, "docs/gke.md writes values-gke.yaml once"
+    ((line, body),) = found
+    values = yaml.safe_load(body)
+    schema = json.loads((ROOT / "deploy/chart/values.schema.json").read_text())
+    errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(values)]
+    assert not errors, f"docs/gke.md:{line}: values-gke.yaml: {errors}"
+    path = tmp_path / "values-gke.yaml"
+    path.write_text(body)
+    chart = ROOT / "deploy" / "chart"
+    run([tool("helm"), "lint", "--strict", chart, "-f", path])
+    done = run([tool("helm"), "template", "jetbridge", chart, "--namespace", "ci", "-f", path])
+    objects = {(o["kind"], o["metadata"]["name"]) for o in documents(done.stdout)}
+    text = "".join((DOCS / g).read_text() for g in GUIDES)
+    named = {
+        ("Service", "jetbridge-step-runner"),
+        ("Service", "jetbridge-trigger"),
+        ("Service", "jetbridge-trigger-webhook"),
+        ("Service", "jetbridge-reaper"),
+        ("ServiceAccount", "jetbridge"),
+        ("ServiceAccount", "jetbridge-trigger"),
+        ("ServiceAccount", "jetbridge-pod-events"),
+        ("PersistentVolumeClaim", "jetbridge-artifacts"),
+        ("ApiServerSource", "jetbridge-pod-events"),
+        ("PingSource", "jetbridge-reaper-tick"),
+        ("Job", "jetbridge-db-upgrade"),
+    }
+    assert named <= objects, sorted(named - objects)
+    for _, name in named:
+        assert name in text, f"{name} is not used by the guides: drop it from this test"
+    containers = {
+        c["name"]
+        for o in documents(done.stdout)
+        for spec in _pod_specs(o)
+        for c in [*spec.get("containers", []), *spec.get("initContainers", [])]
+    }
+    assert {"function", "db-upgrade", "cloud-sql-proxy"} <= containers
+
+
+def _pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = obj.get("spec") or {}
+    template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+    if template and "spec" in template:
+        yield template["spec"]
 
 
 # ------------------------------------------------------------------------ the smoke pipeline
@@ -508,3 +655,41 @@ def test_the_smoke_pipeline_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(cli, ["validate", str(SMOKE)])
     assert result.exit_code == 0, result.output
     assert "valid" in result.output
+
+
+def test_the_smoke_pipeline_runs_as_the_gke_guide_says() -> None:
+    """The guide's first check, `jetbridge run examples/smoke/pipeline.yml --job smoke`,
+    with the lines the guide tells the reader to look for."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    base = ROOT / ".jetbridge-test"  # not under /tmp: a step's pod has its own /tmp
+    base.mkdir(exist_ok=True)
+    workspace = Path(tempfile.mkdtemp(dir=base, prefix="smoke-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETBRIDGE_")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "--data-dir", str(workspace / "data"), *RUN_SMOKE],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    for line in (
+        "✓ task write succeeded",
+        "✓ task read-left succeeded",
+        "✓ task read-right succeeded",
+        "✓ task amend succeeded",
+        "│ amended by pod",
+        "build smoke/smoke #1 (id 1) succeeded",
+    ):
+        assert line in out, f"{line!r} not in:\n{out}"
+    if "read-only inputs are not enforced" not in out:  # bubblewrap runs the steps
+        assert "the input is read-only, as it should be" in out, out

@@ -380,19 +380,53 @@ PROBLEMS = [
         "resources[0].colour",
         1,
         "unknown key 'colour' in a resource; supported: name, type, source, check_every,"
-        " webhook_token, icon",
+        " webhook_token, icon, version, check_timeout",
     ),
     (
         "planned-key-in-resource",
         """
-        resources: [{name: r, type: git, version: {ref: x}}]
+        resources: [{name: r, type: git, tags: [gpu]}]
+        jobs: [{name: a, plan: [{get: r}]}]
+        """,
+        "resources[0].tags",
+        1,
+        "key 'tags' in a resource is not supported: tags on resources and resource types are"
+        " planned with resource types (issue 6, part 3); on a get, put or task step they select"
+        " nodes; supported: name, type, source, check_every, webhook_token, icon, version,"
+        " check_timeout",
+    ),
+    (
+        "resource-version-not-a-mapping",
+        """
+        resources: [{name: r, type: git, version: every}]
         jobs: [{name: a, plan: [{get: r}]}]
         """,
         "resources[0].version",
         1,
-        "key 'version' in a resource is not supported: pinning a resource's version is planned"
-        " with resource versions (issue 6, part 2); supported: name, type, source, check_every,"
-        " webhook_token, icon",
+        "expected a mapping naming one version, found a string ('every')",
+    ),
+    (
+        "resource-check-timeout-not-a-duration",
+        """
+        resources: [{name: r, type: git, check_timeout: soon}]
+        jobs: [{name: a, plan: [{get: r}]}]
+        """,
+        "resources[0].check_timeout",
+        1,
+        "check_timeout must be a duration like '1h' or '5m'; found 'soon'",
+    ),
+    (
+        "version-on-a-put",
+        """
+        resources: [{name: r, type: git}]
+        jobs: [{name: a, plan: [{put: r, version: {ref: x}}]}]
+        """,
+        "jobs[0].plan[0].version",
+        2,
+        "key 'version' in a put step is not supported: a version is pinned on a resource or on"
+        " a get step; supported: put, resource, params, inputs, no_get, tags, and the step"
+        " modifiers timeout, attempts, across, on_success, on_failure, on_abort, on_error,"
+        " ensure",
     ),
     (
         "job-key-refused-with-reason",

@@ -1,7 +1,8 @@
 """The trigger function: a build request in, a build recorded, its first steps announced.
 
 Two targets, one per Knative Service: ``handle`` takes CloudEvents from the Broker
-(``build.requested``, GitHubSource and GitLabSource pushes); ``webhook`` takes git
+(``build.requested``, GitHubSource and GitLabSource pushes, and ``build.finished``, which
+may trigger the jobs after the build); ``webhook`` takes git
 hosts' webhooks over plain HTTP at ``POST /webhooks/<pipeline>``.
 """
 

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from shared import status as st
 from shared.app import Deps
 from shared.db import ArtifactRow, BuildRow, StepRow, transaction
+from shared.plan import StepSpec
 from shared.reaper import REAPING_PREFIX, ReapReport, Remover, reap, remove_directory
 from shared.settings import Settings
 from tests.faults.broker import Broker
@@ -263,6 +264,10 @@ def assert_settled(
         "missing": sorted(registered - on_store),
     }
     assert not any(REAPING_PREFIX in s for s in on_store)
+    # And each step registered its outputs once: a repeated launch registers nothing more.
+    outputs = {s.id: len(StepSpec.from_json(s.spec).outputs) for s in steps}
+    per_step = Counter(r.step_id for r in rows if r.step_id is not None)
+    assert {i: n for i, n in per_step.items() if n > outputs.get(i, 0)} == {}
     if reaped:
         assert registered == set()
     # No pod left, on the API server or on the node.

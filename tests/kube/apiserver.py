@@ -701,6 +701,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
+        # The stream ends with the connection: say so, or a client may reuse the socket
+        # for its next request and meet a closed connection (seen under load).
+        self.send_header("Connection", "close")
         self.end_headers()
         try:
             for type_, pod in self.api.watch_events(ns, query):
