@@ -701,9 +701,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
-        # The stream ends with the connection: say so, or a client may reuse the socket
-        # for its next request and meet a closed connection (seen under load).
-        self.send_header("Connection", "close")
         self.end_headers()
         try:
             for type_, pod in self.api.watch_events(ns, query):
@@ -713,5 +710,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
-            pass
-        self.close_connection = True
+            self.close_connection = True
+        # A stream that ended properly leaves the connection usable, as the real server
+        # does: closing it here raced the client, which could reuse the socket for its
+        # next request and meet "Remote end closed connection without response".
