@@ -69,6 +69,15 @@ def launch_step(
         if spec.version_from is not None:
             spec, problem = _checked_version(session, build_id, spec)
             missing += [problem] if problem else []
+        custom = spec.resource is not None and spec.resource.image
+        if custom and not getattr(runtime, "runs_images", True):
+            assert spec.resource is not None
+            missing.append(
+                f"resource type {spec.resource.type!r} keeps its check/in/out scripts in the "
+                f"image {spec.resource.image!r}, and a container image cannot run without a "
+                f"cluster; run this pipeline with JETBRIDGE_RUNTIME=kubernetes, or use a "
+                f"built-in type"
+            )
         if not missing:  # what is only known now: a task file, local vars, an image artifact
             had_file = spec.task_file is not None
             spec, missing = launching.resolve(

@@ -217,3 +217,31 @@ def test_validate_accepts_the_demo(workspace: Path) -> None:
     result = jetbridge(workspace, "validate", str(DEMO / "pipeline.yml"), "--var", "repo=/x")
     assert result.returncode == 0
     assert "valid (1 job(s), 2 resource(s))" in result.stdout
+
+
+CUSTOM_TYPE = """
+resource_types:
+- name: slack
+  type: registry-image
+  source: {repository: cfcommunity/slack-notification-resource, tag: latest}
+resources:
+- name: notify
+  type: slack
+  source: {url: "https://hooks.example.invalid"}
+jobs:
+- name: build
+  plan:
+  - get: notify
+"""
+
+
+def test_a_custom_resource_type_says_its_image_needs_a_cluster(workspace: Path) -> None:
+    (workspace / "p.yml").write_text(CUSTOM_TYPE)
+    result = jetbridge(workspace, "run", "p.yml", "--job", "build")
+    assert result.returncode == 1
+    assert (
+        "check 'notify' cannot start: resource type 'slack' keeps its check/in/out scripts in "
+        "the image 'cfcommunity/slack-notification-resource:latest', and a container image "
+        "cannot run without a cluster"
+    ) in result.stdout
+    assert "build p/build #1 (id 1) errored" in result.stdout

@@ -281,6 +281,9 @@ class LocalRuntime:
     #: This machine's file system stands in for every pod's image: a task's ``image:``
     #: artifact needs no registry reference here (``shared.launching``).
     images_are_host = True
+    #: No image is ever pulled here, so a custom resource type's scripts (inside its
+    #: image) cannot run: the step runner refuses such steps with a message saying so.
+    runs_images = False
 
     def __init__(
         self,
