@@ -109,6 +109,7 @@ def test_one_tick_over_a_million_rows(
     def tick() -> None:
         trace = os.environ.get("JETBRIDGE_BENCH_TRACEMALLOC") == "1"
         reset = _reset_peak_rss()
+        outcome["rss_start"] = _rss()
         if trace:
             tracemalloc.start()
         began = time.perf_counter()
@@ -149,6 +150,7 @@ def test_one_tick_over_a_million_rows(
     results.record(group, "tick", outcome["seconds"], "s", **where)
     peak = "peak RSS" if outcome["rss_reset"] else "peak RSS (whole process)"
     results.record(group, peak, outcome["peak_rss"] / 2**20, "MiB", **where)
+    results.record(group, "RSS at the tick's start", outcome["rss_start"] / 2**20, "MiB", **where)
     results.record(group, "seeding (not the tick)", seeding, "s", **where)
     results.note(
         group,
@@ -330,6 +332,18 @@ def _reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def _rss() -> int:
+    """The process's resident set now, in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _peak_rss() -> int:

@@ -114,6 +114,7 @@ VALUE_EXAMPLES: Mapping[str, Any] = {
     "functions.trigger.resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
     "functions.webhook.resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
     "functions.stepRunner.resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+    "functions.reaper.minScale": 0,
     "functions.reaper.resources": {"limits": {"memory": "1Gi"}},
     "steps.resourceImage": "europe-west1-docker.pkg.dev/my-project/ci/jetbridge:0.1.0",
     "steps.requests": {"cpu": "500m", "memory": "512Mi"},
@@ -160,6 +161,12 @@ VALUE_EXAMPLES: Mapping[str, Any] = {
     "serviceAccount.annotations": {
         "iam.gke.io/gcp-service-account": "jetbridge@my-project.iam.gserviceaccount.com"
     },
+    "monitoring.labels": {"release": "prometheus"},
+    "monitoring.podMonitor.interval": "1m",
+    "monitoring.dashboard.namespace": "monitoring",
+    "monitoring.dashboard.label": "dashboards",
+    "monitoring.dashboard.labelValue": "jetbridge",
+    "monitoring.dashboard.annotations": {"grafana_folder": "CI"},
 }
 
 

@@ -148,17 +148,20 @@ def render(
     Nothing runs and nothing is stored. Pods are built as the cluster would get them
     from this process's settings (namespace, claim, resources, placement), with
     stand-ins for what only a build has: build id 0, step ids in plan order, and
-    artifacts at artifacts/0/<name>.
+    artifacts at artifacts/0/<name>. Values of -v/--vars-file are credentials: they are
+    shown as the build passes them, references into the build's Secret.
     """
     import yaml
     from kubernetes.client import ApiClient
 
     from shared.app import pod_settings
+    from shared.logs import credentials
     from shared.plan import compile_plan
     from shared.podspec import ANNOTATION_STEP_KEY, preview_pods
 
     try:
-        _, model = _read_pipeline(pipeline, _variables(var, vars_file))
+        variables = _variables(var, vars_file)
+        _, model = _read_pipeline(pipeline, variables)
         steps = compile_plan(model, job)
     except (PipelineError, VariableError) as e:
         _bad_pipeline(e)
@@ -166,7 +169,13 @@ def render(
         click.secho(f"{pipeline}: {e.args[0]}", fg="red", err=True)
         sys.exit(EXIT_BAD_PIPELINE)
     name = pipeline_name or _default_name(pipeline)
-    pods = preview_pods(steps, pipeline=name, job=job, settings=pod_settings(ctx.settings))
+    pods = preview_pods(
+        steps,
+        pipeline=name,
+        job=job,
+        settings=pod_settings(ctx.settings),
+        credentials=credentials(variables),
+    )
     by_key = {s.key: s for s in steps}
     client = ApiClient()
     for pod in pods:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     event,
     exc,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -90,6 +91,7 @@ class BuildRow(Base):
         UniqueConstraint("pipeline_id", "job_name", "number", name="uq_builds_number"),
         UniqueConstraint("pipeline_id", "job_name", "event_id", name="uq_builds_event"),
         Index("ix_builds_status", "status"),
+        Index("ix_builds_has_secret", "has_secret"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -104,6 +106,12 @@ class BuildRow(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    node: Mapped[str | None] = mapped_column(String(253))
+    """The node the build's first pod was scheduled on: with a ReadWriteOnce store,
+    where every later pod of the build must run."""
+    has_secret: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """The build's Secret (``podspec.secret_name``) holds its steps' credentials; the
+    reaper deletes it once the build has finished, and clears this."""
 
 
 class DeliveryRow(Base):

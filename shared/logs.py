@@ -109,6 +109,12 @@ def secret_values(value: Any) -> list[str]:
     return []
 
 
+def credentials(variables: Any) -> list[str]:
+    """The values among a pipeline's variables that are treated as credentials: every
+    string long enough to be one (the rule log lines are masked by)."""
+    return [v for v in secret_values(variables) if len(v) >= MIN_SECRET_LENGTH]
+
+
 def url_password(url: str) -> str | None:
     """The password in a URL such as a database URL, if it has one (``%``-escapes decoded)."""
     try:

@@ -29,8 +29,9 @@ What every pod gets, and why:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,8 @@ RUN_AS_USER = 65532
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 #: What a Secret's keys may hold (``[-._a-zA-Z0-9]+``), checked before the API would refuse it.
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+#: The longest key a Secret may hold (it is a DNS subdomain).
+MAX_SECRET_KEY = 253
 #: JSON's spelling of a toleration's keys to the client model's.
 _TOLERATION_FIELDS = {
     "key": "key",
@@ -147,6 +150,69 @@ def secret_name(build_id: int) -> str:
     return f"jb-{int(build_id)}-secrets"
 
 
+@dataclass(frozen=True)
+class SecretEnv:
+    """A step's env values that hold credentials, and where they go in the build's Secret."""
+
+    refs: Mapping[str, str]
+    """Env name → key in the build's Secret: ``build_step_pod``'s ``secret_env``."""
+    data: Mapping[str, str]
+    """Key → value: what the build's Secret must hold before the pod starts."""
+    in_command: Mapping[str, str] = field(default_factory=dict)
+    """A credential as the command holds it → the env var (in ``refs``) that carries it:
+    ``build_step_pod``'s ``secret_args``."""
+
+
+#: The env vars that carry credentials written in a step's command: ``<prefix><n>``.
+CREDENTIAL_ENV_PREFIX = "JETBRIDGE_CREDENTIAL_"
+
+
+def secret_env(
+    env: Mapping[str, str],
+    credentials: Iterable[str],
+    *,
+    step_id: int,
+    command: Sequence[str] = (),
+) -> SecretEnv:
+    """Which of a step's env values and command hold a credential, and their Secret keys.
+
+    ``credentials`` are the values a pipeline's ``((vars))`` were set to: Concourse
+    treats every one as a credential. An env value that contains any of them (a
+    param set from a var, a resource request whose ``source`` has one) reaches the
+    pod through the build's Secret, never as a literal in the pod's spec, where
+    anyone allowed to read pods would see it. A credential written into the
+    command (``run.args``) gets an env var of its own from the Secret, and the
+    command refers to it as ``$(JETBRIDGE_CREDENTIAL_<n>)``, which Kubernetes
+    expands. Keys are ``<step id>-<env name>`` (a name a key cannot hold is
+    replaced by its digest), so two steps of a build never overwrite each other's
+    values, and writing them again changes nothing.
+    """
+    # A resource request is JSON: a credential with a newline or a quote (a private key)
+    # is in it escaped.
+    secrets = {form for c in credentials if c for form in (c, json.dumps(c)[1:-1])}
+    refs: dict[str, str] = {}
+    data: dict[str, str] = {}
+
+    def keep(name: str, value: str) -> None:
+        label = name if _SECRET_KEY.fullmatch(name) else hashlib.sha256(name.encode()).hexdigest()
+        key = f"{int(step_id)}-{label}"[:MAX_SECRET_KEY]
+        refs[name] = key
+        data[key] = value
+
+    for name in sorted(env):
+        if any(secret in env[name] for secret in secrets):
+            keep(name, env[name])
+    # Longest first: a credential that contains another is replaced whole.
+    found = sorted(
+        {s for s in secrets if any(s in part for part in command)}, key=lambda s: (-len(s), s)
+    )
+    in_command: dict[str, str] = {}
+    for n, secret in enumerate(found, start=1):
+        in_command[secret] = f"{CREDENTIAL_ENV_PREFIX}{n}"
+        keep(in_command[secret], secret)
+    return SecretEnv(refs=refs, data=data, in_command=in_command)
+
+
 def pod_name(ids: PodIds, step_name: str) -> str:
     """A deterministic, DNS-safe name of at most 63 characters for one attempt of one step.
 
@@ -169,6 +235,7 @@ def build_step_pod(
     settings: PodSettings,
     node: str | None = None,
     secret_env: Mapping[str, str] | None = None,
+    secret_args: Mapping[str, str] | None = None,
 ) -> V1Pod:
     """The pod that runs one attempt of ``step``.
 
@@ -176,7 +243,9 @@ def build_step_pod(
     ``settings.pin_to_node`` the pod must run there too (ignored otherwise).
     ``secret_env``: env name → key in the build's Secret (``secret_name``). Those
     variables reach the container through ``secretKeyRef``; a literal value the
-    step has for the same name is left out of the pod. Raises ``ValueError`` for
+    step has for the same name is left out of the pod. ``secret_args``: a
+    credential in the command → the secret env var that holds it; the command
+    says ``$(NAME)`` in its place. Raises ``ValueError`` for
     a key a Secret cannot hold.
     """
     workdir = settings.workdir.rstrip("/")
@@ -197,8 +266,8 @@ def build_step_pod(
     container = V1Container(
         name=CONTAINER,
         image=image,
-        command=[_literal(step.command[0])] if step.command else None,
-        args=[_literal(a) for a in step.command[1:]] or None,
+        command=[_literal(step.command[0], secret_args)] if step.command else None,
+        args=[_literal(a, secret_args) for a in step.command[1:]] or None,
         env=env or None,
         working_dir=f"{workdir}/{step.dir.strip('/')}" if step.dir else workdir,
         volume_mounts=volume_mounts,
@@ -265,6 +334,30 @@ def build_step_pod(
     )
 
 
+def credentialed_pod(
+    step: StepSpec,
+    *,
+    ids: PodIds,
+    mounts: Sequence[Mount],
+    settings: PodSettings,
+    credentials: Iterable[str],
+    node: str | None = None,
+) -> tuple[V1Pod, SecretEnv]:
+    """``build_step_pod`` with every credential among ``credentials`` (the pipeline's
+    variable values) moved into the build's Secret: the pod, and what the Secret must hold."""
+    secrets = secret_env(step.env, credentials, step_id=ids.step_id, command=step.command)
+    pod = build_step_pod(
+        step,
+        ids=ids,
+        mounts=mounts,
+        settings=settings,
+        node=node,
+        secret_env=secrets.refs,
+        secret_args=secrets.in_command,
+    )
+    return pod, secrets
+
+
 def _env(
     values: Mapping[str, str], secret_env: Mapping[str, str], *, build_id: int
 ) -> list[V1EnvVar]:
@@ -324,9 +417,17 @@ def _toleration(data: Mapping[str, Any]) -> V1Toleration:
     return V1Toleration(**{_TOLERATION_FIELDS[k]: v for k, v in data.items()})
 
 
-def _literal(text: str) -> str:
-    """Text Kubernetes passes through as written: it expands ``$(VAR)`` and reads ``$$`` as ``$``."""
-    return text.replace("$", "$$")
+def _literal(text: str, hidden: Mapping[str, str] | None = None) -> str:
+    """Text Kubernetes passes through as written: it expands ``$(VAR)`` and reads ``$$`` as
+    ``$``. Each ``hidden`` value (a credential) becomes ``$(NAME)`` of the var that holds it."""
+    if not hidden:
+        return text.replace("$", "$$")
+    pattern = re.compile("|".join(re.escape(v) for v in sorted(hidden, key=lambda v: -len(v))))
+    out, at = [], 0
+    for match in pattern.finditer(text):
+        out += [text[at : match.start()].replace("$", "$$"), f"$({hidden[match.group(0)]})"]
+        at = match.end()
+    return "".join([*out, text[at:].replace("$", "$$")])
 
 
 def _resources(settings: PodSettings) -> V1ResourceRequirements | None:
@@ -353,14 +454,20 @@ PREVIEW_BUILD_ID = 0
 
 
 def preview_pods(
-    steps: Sequence[StepSpec], *, pipeline: str, job: str, settings: PodSettings
+    steps: Sequence[StepSpec],
+    *,
+    pipeline: str,
+    job: str,
+    settings: PodSettings,
+    credentials: Iterable[str] = (),
 ) -> list[V1Pod]:
     """The pods a build of ``steps`` would create, before any build exists (``jetbridge render``).
 
     Stand-ins for what only a real build has: build id 0, step ids numbered in plan
     order from 1, and each artifact at ``artifacts/0/<name>`` (``<name>.<step key>``
     when the build makes that name more than once). A get whose version its check
-    will find is shown without a version.
+    will find is shown without a version. ``credentials`` (the variables' values) are
+    shown as the build would pass them: references into the build's Secret.
     """
     producers: dict[str, list[str]] = {}
     for spec in steps:
@@ -388,5 +495,8 @@ def preview_pods(
             step_id=number,
             step_key=spec.key,
         )
-        pods.append(build_step_pod(spec, ids=ids, mounts=mounts, settings=settings))
+        pod, _ = credentialed_pod(
+            spec, ids=ids, mounts=mounts, settings=settings, credentials=credentials
+        )
+        pods.append(pod)
     return pods

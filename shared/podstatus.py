@@ -31,6 +31,9 @@ from shared.podspec import CONTAINER, LABEL_ATTEMPT, LABEL_BUILD, LABEL_STEP, MA
 PULL_RETRYING = frozenset({"ErrImagePull", "ImagePullBackOff"})
 #: Waiting reasons that no retry can cure: fail the step at once.
 PULL_HOPELESS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+#: Waiting reasons of a container the kubelet cannot create from its spec (a Secret or a key
+#: of it that is not there): retried, as the missing object may still come.
+CONFIG_RETRYING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 #: Exit codes of a process killed by SIGKILL and SIGTERM: what a deleted pod's container shows.
 KILLED_EXIT_CODES = frozenset({137, 143})
 DELETED_MESSAGE = "pod was deleted before the step finished (node drain?)"
@@ -51,7 +54,8 @@ class Patience:
     """How long a pending pod may wait on something that can still come before its step errors."""
 
     image_pull_seconds: int = 300
-    """An image that does not pull (``ErrImagePull``/``ImagePullBackOff``)."""
+    """An image that does not pull (``ErrImagePull``/``ImagePullBackOff``), or a container
+    that cannot be created (``CreateContainerConfigError``: its Secret is missing)."""
     unschedulable_seconds: int = 600
     """No node takes the pod (``PodScheduled`` false, reason ``Unschedulable``)."""
 
@@ -224,6 +228,17 @@ def _doomed(
             message=(
                 f"{what} could not start: image {image!r} was not pulled{since} "
                 f"({reason}{': ' + detail if detail else ''})"
+            ),
+        )
+    if reason in CONFIG_RETRYING and age is not None and age >= patience.image_pull_seconds:
+        detail = (waiting.get("message") or "").strip() or "no detail given"
+        return Outcome(
+            status=st.ERRORED,
+            reason=reason,
+            doomed=True,
+            message=(
+                f"{what} could not start: its container could not be created for "
+                f"{_duration(age)} ({reason}: {detail})"
             ),
         )
     scheduled = _condition(status, "PodScheduled")

@@ -18,7 +18,8 @@ never stops the others:
 3. :func:`settle_builds`: a build a crash left unadvanced is advanced.
 4. :func:`reap_pods`: pods JetBridge owns that no running step knows are
    deleted; ended pods past ``pod_retention_seconds`` are deleted once their log
-   is in the log store.
+   is in the log store. :func:`reap_secrets`: the Secret of a finished build that
+   had one (``builds.has_secret``) is deleted.
 5. :func:`reap_artifacts`: artifact rows no build needs are reclaimed.
 6. :func:`reap_orphan_directories`: directories on the store with no row
    (and uploads cut short, ``archive.STAGING_PREFIX``) are removed.
@@ -71,6 +72,7 @@ from shared.db import ArtifactRow, BuildRow, SessionFactory, StepRow, transactio
 from shared.events import EventSink
 from shared.logstore import LogStore
 from shared.plan import StepSpec
+from shared.podspec import secret_name
 from shared.runtime import PodDict, Runtime
 from shared.settings import Settings
 from shared.steps import finish_step
@@ -133,6 +135,7 @@ CATEGORIES: Mapping[str, str] = {
     "lost_announcements": "scheduled step(s) whose step.ready was lost, announced again",
     "stray_pods": "pod(s) no running step knows, deleted",
     "finished_pods": "ended pod(s) past their retention, deleted",
+    "secrets": "Secret(s) of finished builds, deleted",
     "artifacts": "artifact(s) no build needs, reclaimed",
     "directories": "director(ies) with no row, removed",
     "staging": "upload(s) cut short, removed",
@@ -319,6 +322,8 @@ def reap(
     else:
         with _pass(report, "pods"):
             reap_pods(sessions, runtime=runtime, logs=logs, **knobs)
+        with _pass(report, "secrets"):
+            reap_secrets(sessions, runtime=runtime, **knobs)
     with _pass(report, "artifacts"):
         reap_artifacts(sessions, root=root, remove=remove, **knobs)
     if not root.exists():
@@ -717,6 +722,57 @@ def reap_pods(
                 report.error(category, f"pod {ref.name} could not be deleted", e)
                 continue
             report.done(category)
+
+
+def reap_secrets(
+    sessions: SessionFactory,
+    *,
+    runtime: Runtime,
+    clock: Clock,
+    settings: Settings,
+    report: ReapReport,
+    dry_run: bool = False,
+) -> None:
+    """Delete the Secret of every finished build that has one, then clear its ``has_secret``.
+
+    A build's Secret holds its steps' credentials (``steps.launch_step`` writes it,
+    having set ``has_secret`` first, so no Secret exists that a row does not name).
+    A finished build launches nothing more; a pod of it kept for its retention has
+    had its env since it started, so the Secret can go at once.
+    """
+    after = 0
+    while True:
+        with transaction(sessions) as session:
+            ids = list(
+                session.scalars(
+                    select(BuildRow.id)
+                    .where(
+                        BuildRow.has_secret.is_(True),
+                        BuildRow.status.in_(st.BUILD_TERMINAL),
+                        BuildRow.id > after,
+                    )
+                    .order_by(BuildRow.id)
+                    .limit(settings.reaper_batch_size)
+                )
+            )
+        if not ids:
+            return
+        after = ids[-1]
+        for build_id in ids:
+            name = secret_name(build_id)
+            report.found("secrets", f"Secret {name}: build {build_id} has finished")
+            if dry_run:
+                continue
+            try:
+                runtime.delete_secret(name)
+            except Exception as e:
+                report.error("secrets", f"Secret {name} could not be deleted", e)
+                continue
+            with transaction(sessions) as session:
+                session.execute(
+                    update(BuildRow).where(BuildRow.id == build_id).values(has_secret=False)
+                )
+            report.done("secrets")
 
 
 def _ended(pod: PodDict) -> bool:

@@ -29,9 +29,18 @@ from shared.conditions import explain_failure
 from shared.db import ArtifactRow, BuildRow, PipelineRow, SessionFactory, StepRow, transaction
 from shared.errors import NotFoundError, PodRejected, RuntimeForbidden
 from shared.events import EventSink
+from shared.logs import credentials
 from shared.logstore import LogStore
 from shared.plan import INLINE_KINDS, StepSpec, with_version
-from shared.podspec import PodIds, PodSettings, build_step_pod, pod_name
+from shared.podspec import (
+    LABEL_BUILD,
+    MANAGED_BY,
+    PodIds,
+    PodSettings,
+    credentialed_pod,
+    pod_name,
+    secret_name,
+)
 from shared.runtime import PodDict, Runtime
 
 log = logging.getLogger(__name__)
@@ -62,8 +71,12 @@ def launch_step(
             return None  # already finished, skipped or aborted: a late or repeated event
         build = session.get(BuildRow, build_id)
         assert build is not None
-        pipeline = session.get(PipelineRow, build.pipeline_id)
-        assert pipeline is not None
+        # Its name and variables only: not the whole YAML, on every launch.
+        pipeline = session.execute(
+            select(PipelineRow.name, PipelineRow.variables).where(
+                PipelineRow.id == build.pipeline_id
+            )
+        ).one()
         spec = StepSpec.from_json(step.spec)
         missing, inputs = _inputs(session, build_id, spec)
         if spec.version_from is not None:
@@ -140,11 +153,19 @@ def launch_step(
                 )
             by_name = {o.name: o for o in outputs}
             mounts = launching.mounts(spec, inputs, by_name)
-            # TODO(ReadWriteOnce): with pod_settings.pin_to_node, pass node= the node the
-            # build's first pod ran on (its spec.nodeName, to be kept with the build when that
-            # pod is seen scheduled). Until then only pods running at the same time are kept
-            # together (pod affinity); a step launched after the others ended may land elsewhere.
-            pod = build_step_pod(spec, ids=ids, mounts=mounts, settings=pod_settings)
+            # Values from the pipeline's ((vars)) reach the pod through the build's Secret;
+            # with a ReadWriteOnce store, ``node`` is where the build's first pod ran
+            # (finish_step keeps it), for a step launched after the others ended.
+            pod, secrets = credentialed_pod(
+                spec,
+                ids=ids,
+                mounts=mounts,
+                settings=pod_settings,
+                credentials=credentials(pipeline.variables),
+                node=build.node,
+            )
+            if secrets.data and not build.has_secret:
+                build.has_secret = True  # committed before the Secret exists: the reaper finds it
     if to_emit is not None:
         sink.emit(to_emit)
         advance_build(sessions, build_id=build_id, sink=sink, clock=clock)
@@ -155,6 +176,9 @@ def launch_step(
         # Writable inputs: copied before the pod exists, so a pod always sees a whole copy.
         launching.copy_writable_inputs(root, spec, inputs, by_name)
     try:
+        if secrets.data:
+            labels = {MANAGED_BY: "jetbridge", LABEL_BUILD: str(build_id)}
+            runtime.put_secret(secret_name(build_id), secrets.data, labels=labels)
         runtime.launch(pod)
     except (PodRejected, RuntimeForbidden) as e:
         # The same pod would be refused again: the step errors with the reason, so the
@@ -235,26 +259,48 @@ def finish_step(
     ref = podstatus.pod_ref(pod)
     if ref is None:
         return None
+    now = clock()
+    ended = podstatus.outcome(pod, kind="", name="", now=now, patience=patience, deleted=deleted)
+    if ended is None:
+        # Pending, scheduled or running: nothing to record, and no database to ask. Most
+        # of ApiServerSource's events are these.
+        return None
     with transaction(sessions) as session:
         step = session.get(StepRow, ref.step_id)
         if step is None or step.build_id != ref.build_id:
             return None
-        kind, name, key = step.kind, step.name, step.key
+        kind, name, key, status_now = step.kind, step.name, step.key, step.status
         current = step.status == st.RUNNING and step.pod_name == ref.name
         spec = StepSpec.from_json(step.spec)
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and current:
+            # The first node a pod of the build ended on: with a ReadWriteOnce store, the
+            # node every later pod of the build is pinned to (launch_step). Pods running
+            # side by side meanwhile are kept together by pod affinity.
+            session.execute(
+                update(BuildRow)
+                .where(BuildRow.id == ref.build_id, BuildRow.node.is_(None))
+                .values(node=str(node))
+            )
+    if not current:
+        # Recorded already (a repeated event, the pod's delete after its end) or another
+        # attempt's pod: nothing to record; the pod goes, the build is advanced in case a
+        # crash left it so.
+        if (delete_pod or ended.doomed) and not deleted:
+            runtime.delete(ref.name)
+        advance_build(sessions, build_id=ref.build_id, sink=sink, clock=clock)
+        return status_now
     outcome = podstatus.outcome(
-        pod, kind=kind, name=name, now=clock(), patience=patience, deleted=deleted
+        pod, kind=kind, name=name, now=now, patience=patience, deleted=deleted
     )
-    if outcome is None:
-        return None
+    assert outcome is not None  # the same pod and time as above
     data = b""
-    if current:
-        # Keep the log before anything may delete the pod (logs after the pod is gone).
-        try:
-            data = runtime.logs(ref.name)
-        except NotFoundError:
-            data = b"(the pod was gone before its log could be read)\n"
-        logs.write(ref.build_id, key, data)
+    # Keep the log before anything may delete the pod (logs after the pod is gone).
+    try:
+        data = runtime.logs(ref.name)
+    except NotFoundError:
+        data = b"(the pod was gone before its log could be read)\n"
+    logs.write(ref.build_id, key, data)
     message = outcome.message
     if outcome.status != st.SUCCEEDED and kind != "task":
         last = _last_line(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,6 +45,7 @@ class FakeRuntime:
         self.launches: list[str] = []
         self.deleted: list[str] = []
         self.logs_by_name: dict[str, bytes] = {}
+        self.secrets: dict[str, dict[str, str]] = {}
 
     def launch(self, pod: V1Pod) -> None:
         name = pod.metadata.name
@@ -68,6 +70,12 @@ class FakeRuntime:
     def delete(self, name: str) -> None:
         self.deleted.append(name)
         self.pods.pop(name, None)
+
+    def put_secret(self, name: str, data: Mapping[str, str], *, labels: Mapping[str, str]) -> None:
+        self.secrets.setdefault(name, {}).update(data)
+
+    def delete_secret(self, name: str) -> None:
+        self.secrets.pop(name, None)
 
     def finish(
         self,

@@ -2,29 +2,34 @@
 
 Each value set in ``tests/testdata/chart/*.yaml`` is linted (``helm lint --strict``) and
 rendered (``helm template``); every object is checked against Kubernetes' schemas for
-1.30 to 1.37 or Knative's, every pod against the "restricted" standard, the Role against
-the verbs the runtime calls, the Triggers against the event types the functions handle.
+1.30 to 1.37, Knative's or the Prometheus Operator's, every pod against the "restricted"
+standard, the Role against the verbs the runtime calls, the Triggers against the event
+types the functions handle, the monitoring objects against deploy/monitoring/.
 Each file in ``tests/testdata/chart/invalid/`` must fail rendering with the message its
 first line names. ``make chart-check`` runs this file and tests/test_knative.py.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
-from shared import events
+from shared import events, serving
 from shared.podspec import MANAGED_BY
 from shared.runtime.kubernetes import RBAC_RULES
 from tests.golden import check_golden
 from tests.kubeschema import VERSIONS, schema_errors
 from tests.manifests import (
     ROOT,
+    _strict,
     documents,
     env_of,
     ident,
@@ -42,6 +47,12 @@ CASES_DIR = ROOT / "tests" / "testdata" / "chart"
 CASES = sorted(p.stem for p in CASES_DIR.glob("*.yaml"))
 INVALID = sorted(p.stem for p in (CASES_DIR / "invalid").glob("*.yaml"))
 RELEASE, NAMESPACE = "jetbridge", "ci"
+#: The Prometheus Operator's CRD schemas (tests/testdata/chart/operator-schemas/README.md).
+OPERATOR_SCHEMAS = CASES_DIR / "operator-schemas"
+#: deploy/monitoring/, and the chart's copies of it (the chart can read only its own files).
+MONITORING = ROOT / "deploy" / "monitoring"
+CHART_FILES = CHART / "files"
+MONITORING_FILES = ("dashboard.json", "podmonitor.yaml", "prometheusrule.yaml")
 
 #: Which function each event type must reach, from the types the handlers accept.
 ROUTES = {
@@ -89,11 +100,34 @@ def main_container(ksvc: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
+def is_operator(obj: dict[str, Any]) -> bool:
+    """A Prometheus Operator kind (PodMonitor, PrometheusRule): a CRD, not Kubernetes' own."""
+    return str(obj.get("apiVersion", "")).split("/")[0] == "monitoring.coreos.com"
+
+
+@functools.cache
+def _operator_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
+    path = OPERATOR_SCHEMAS / f"{api_version.replace('/', '_')}_{kind}.json"
+    if not path.exists():
+        pytest.fail(
+            f"no Prometheus Operator schema for {api_version} {kind} in "
+            f"{path.parent.relative_to(ROOT)}: add the kind to deploy/monitoring/operator_schemas.py"
+        )
+    return jsonschema.Draft202012Validator(_strict(json.loads(path.read_text())))
+
+
+def operator_errors(obj: dict[str, Any]) -> list[str]:
+    """What the Prometheus Operator's CRD schema (made strict) finds wrong with ``obj``."""
+    validator = _operator_validator(obj["apiVersion"], obj["kind"])
+    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(obj)]
+
+
 # ---- helm itself
 
 
 def test_the_cases_cover_what_the_issue_names() -> None:
     assert {"default", "external-database", "rwo-claim", "ingress", "postgresql-off"} <= set(CASES)
+    assert "monitoring" in CASES
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -117,7 +151,7 @@ def test_impossible_values_fail_with_a_clear_message(case: str) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("case", CASES)
 def test_kubernetes_objects_are_valid(case: str, version: str) -> None:
-    objects = [o for o in render(case) if not is_knative(o)]
+    objects = [o for o in render(case) if not is_knative(o) and not is_operator(o)]
     assert objects
     problems = [f"{ident(o)}: {error}" for o in objects for error in schema_errors(o, version)]
     assert not problems, "\n".join(problems)
@@ -131,6 +165,15 @@ def test_knative_objects_are_valid(case: str) -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_prometheus_operator_objects_are_valid(case: str) -> None:
+    objects = [o for o in render(case) if is_operator(o)]
+    if case == "monitoring":
+        assert {o["kind"] for o in objects} == {"PodMonitor", "PrometheusRule"}
+    problems = [f"{ident(o)} {error}" for o in objects for error in operator_errors(o)]
+    assert not problems, "\n".join(problems)
+
+
 def test_the_validators_reject_what_the_cluster_would() -> None:
     """Both checks can fail: an unknown field is an error to each."""
     objects = render("default")
@@ -140,6 +183,12 @@ def test_the_validators_reject_what_the_cluster_would() -> None:
     ksvc = function(render("ingress"), "reaper")
     ksvc["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
     assert any("volumeMount" in e for e in knative_errors(ksvc))
+    monitor = next(o for o in render("monitoring") if o["kind"] == "PodMonitor")
+    monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "half a minute"
+    monitor["spec"]["podMetricsEndpoint"] = []
+    errors = operator_errors(monitor)
+    assert any("podMetricsEndpoint'" in e for e in errors)
+    assert any("half a minute" in e for e in errors)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -514,6 +563,208 @@ def test_further_settings_reach_every_function() -> None:
         assert env["JETBRIDGE_BUILD_TIMEOUT_SECONDS"]["value"] == "43200"
         assert env["JETBRIDGE_LOG_FORMAT"]["value"] == "json"
         assert env["JETBRIDGE_LOG_LEVEL"]["value"] == "WARNING"
+
+
+# ---- scale
+
+
+def _min_scale(objects: list[dict[str, Any]], component: str) -> str:
+    annotations = function(objects, component)["spec"]["template"]["metadata"]["annotations"]
+    value: str = annotations["autoscaling.knative.dev/min-scale"]
+    return value
+
+
+def test_the_reaper_keeps_running_as_deploy_monitoring_says() -> None:
+    """Its metrics live in its process: scaled to zero between ticks, it is not scraped and
+    JetBridgeReaperNotRunning fires (deploy/monitoring/README.md)."""
+    readme = " ".join((MONITORING / "README.md").read_text().split())
+    assert 'the reaper should keep one replica (`autoscaling.knative.dev/min-scale: "1"`' in readme
+    assert "`functions.reaper.minScale`" in readme
+    for case in ("default", "rwo-claim", "monitoring"):
+        assert _min_scale(render(case), "reaper") == "1", case
+    objects = render("default")
+    assert {c: _min_scale(objects, c) for c in ("trigger", "trigger-webhook", "step-runner")} == {
+        "trigger": "0", "trigger-webhook": "1", "step-runner": "0",
+    }  # fmt: skip
+    done = helm("template", RELEASE, CHART, "--set", "functions.reaper.minScale=0")
+    assert _min_scale(documents(done.stdout), "reaper") == "0"
+
+
+# ---- monitoring: deploy/monitoring/, installed by the chart
+
+
+def monitoring_objects(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The PodMonitor, the PrometheusRule and the dashboard's ConfigMap, by kind."""
+    found = [o for o in objects if o["metadata"].get("labels", {}).get(
+        "app.kubernetes.io/component") == "monitoring"]  # fmt: skip
+    kinds = Counter(o["kind"] for o in found)
+    assert all(n == 1 for n in kinds.values()), kinds
+    return {o["kind"]: o for o in found}
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) picks ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, operator, values = e["key"], e["operator"], e.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def _pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    """The labels a pod of ``obj`` has in the cluster; Knative adds its own to a revision's."""
+    labels = dict(obj["spec"]["template"]["metadata"].get("labels", {}))
+    if is_knative(obj):
+        name = obj["metadata"]["name"]
+        labels |= {
+            "serving.knative.dev/service": name,
+            "serving.knative.dev/configuration": name,
+            "serving.knative.dev/revision": f"{name}-00001",
+        }
+    return labels
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "monitoring"])
+def test_monitoring_is_off_by_default(case: str) -> None:
+    objects = render(case)
+    assert monitoring_objects(objects) == {}
+    assert not [o for o in objects if is_operator(o) or o["kind"] == "ConfigMap"]
+
+
+def test_monitoring_makes_the_podmonitor_the_rule_and_the_dashboard() -> None:
+    found = monitoring_objects(render("monitoring"))
+    assert set(found) == {"PodMonitor", "PrometheusRule", "ConfigMap"}
+    for obj in found.values():
+        assert obj["metadata"]["labels"]["release"] == "prometheus", ident(obj)
+    assert found["PodMonitor"]["metadata"]["namespace"] == NAMESPACE
+    assert found["PrometheusRule"]["metadata"]["namespace"] == NAMESPACE
+    assert found["ConfigMap"]["metadata"]["namespace"] == "monitoring"
+
+
+@pytest.mark.parametrize(
+    ("off", "left"),
+    [
+        ("podMonitor", {"PrometheusRule", "ConfigMap"}),
+        ("prometheusRule", {"PodMonitor", "ConfigMap"}),
+        ("dashboard", {"PodMonitor", "PrometheusRule"}),
+    ],
+)
+def test_each_monitoring_object_can_be_left_out(off: str, left: set[str]) -> None:
+    done = helm(
+        "template", RELEASE, CHART, "--set", "monitoring.enabled=true",
+        "--set", f"monitoring.{off}.enabled=false",
+    )  # fmt: skip
+    assert set(monitoring_objects(documents(done.stdout))) == left
+
+
+def test_the_prometheus_rule_holds_the_alerts_of_deploy_monitoring() -> None:
+    rule = monitoring_objects(render("monitoring"))["PrometheusRule"]
+    standalone = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
+    assert rule["spec"] == {"groups": standalone["spec"]["groups"]}
+    assert (rule["apiVersion"], rule["kind"]) == (standalone["apiVersion"], standalone["kind"])
+    alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert "JetBridgeReaperNotRunning" in alerts
+    # Prometheus' own templates reach it as they are: Helm did not expand them.
+    assert any("{{ $labels.type }}" in r["annotations"]["summary"]
+               for g in rule["spec"]["groups"] for r in g["rules"])  # fmt: skip
+
+
+def test_the_dashboard_configmap_holds_the_dashboard_of_deploy_monitoring() -> None:
+    configmap = monitoring_objects(render("monitoring"))["ConfigMap"]
+    (key,) = configmap["data"]
+    assert key == "jetbridge.json"
+    text = (MONITORING / "dashboard.json").read_text()
+    assert configmap["data"][key] == text  # byte for byte, so Grafana gets the file itself
+    assert json.loads(configmap["data"][key]) == json.loads(text)
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "CI"}
+    assert configmap["metadata"]["name"] == f"{RELEASE}-dashboard"
+
+
+def test_the_dashboard_label_is_the_sidecars() -> None:
+    done = helm(
+        "template", RELEASE, CHART, "--set", "monitoring.enabled=true",
+        "--set", "monitoring.dashboard.label=dashboards",
+        "--set-string", "monitoring.dashboard.labelValue=jetbridge",
+        "--set", "monitoring.labels.dashboards=overridden",
+    )  # fmt: skip
+    configmap = monitoring_objects(documents(done.stdout))["ConfigMap"]
+    assert configmap["metadata"]["labels"]["dashboards"] == "jetbridge"
+    assert "grafana_dashboard" not in configmap["metadata"]["labels"]
+    assert configmap["metadata"]["namespace"] == "default"  # the release's
+
+
+@pytest.mark.parametrize("case", ["monitoring", "existing-objects"])
+def test_the_pod_monitor_scrapes_the_functions_the_chart_makes_and_nothing_else(case: str) -> None:
+    done = helm(
+        "template", RELEASE, CHART, "--namespace", NAMESPACE, "-f", CASES_DIR / f"{case}.yaml",
+        "--set", "monitoring.enabled=true",
+    )  # fmt: skip
+    objects = documents(done.stdout)
+    monitor = monitoring_objects(objects)["PodMonitor"]
+    assert monitor["metadata"]["namespace"] == NAMESPACE  # a PodMonitor looks in its own
+    selector = monitor["spec"]["selector"]
+    functions = [o for o in objects if is_knative(o) and o["kind"] == "Service"]
+    assert len(functions) == 4
+    for ksvc in functions:
+        assert _selects(selector, _pod_labels(ksvc)), ident(ksvc)
+        assert ksvc["metadata"]["namespace"] == NAMESPACE
+        (port,) = main_container(ksvc)["ports"]
+        assert port["containerPort"] == 8080  # Knative names it user-port in the pod
+    others = [o for o in objects if not is_knative(o) and any(pod_specs(o))]
+    assert others  # the bundled Postgres, the migration Job
+    for obj in others:
+        assert not _selects(selector, _pod_labels(obj)), ident(obj)
+    # A step pod, or another release's function, is not scraped.
+    step_pod = {MANAGED_BY: "jetbridge", "app.kubernetes.io/name": "jetbridge"}
+    assert not _selects(selector, step_pod)
+    other_release = _pod_labels(functions[0]) | {"app.kubernetes.io/instance": "other"}
+    assert not _selects(selector, other_release)
+    # Where it scrapes: the endpoint of deploy/monitoring/podmonitor.yaml.
+    standalone = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
+    assert monitor["spec"]["podMetricsEndpoints"] == standalone["spec"]["podMetricsEndpoints"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("user-port", serving.METRICS_PATH)
+
+
+def test_the_scrape_interval_is_a_value() -> None:
+    done = helm(
+        "template", RELEASE, CHART, "--set", "monitoring.enabled=true",
+        "--set", "monitoring.podMonitor.interval=1m",
+    )  # fmt: skip
+    (endpoint,) = monitoring_objects(documents(done.stdout))["PodMonitor"]["spec"][
+        "podMetricsEndpoints"
+    ]
+    assert endpoint["interval"] == "1m"
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("name", MONITORING_FILES)
+def test_the_chart_carries_deploy_monitoring_unchanged(name: str, update_golden: bool) -> None:
+    """deploy/chart/files/ is a copy of deploy/monitoring/ (Helm reads only the chart's own
+    files); edit deploy/monitoring/ and `make golden` copies it."""
+    source, copy = MONITORING / name, CHART_FILES / name
+    if update_golden:
+        copy.write_bytes(source.read_bytes())
+        return
+    assert copy.exists(), f"{copy.relative_to(ROOT)} is missing: run `make golden`"
+    assert copy.read_bytes() == source.read_bytes(), (
+        f"{copy.relative_to(ROOT)} differs from {source.relative_to(ROOT)}: edit the one in "
+        "deploy/monitoring/ and run `make golden` to copy it into the chart"
+    )
+
+
+def test_the_chart_files_are_only_those_copies() -> None:
+    assert sorted(p.name for p in CHART_FILES.iterdir()) == sorted(MONITORING_FILES)
+    assert all(Path(MONITORING / name).is_file() for name in MONITORING_FILES)
 
 
 # ---- golden files: what `helm template` gives, reviewed like code

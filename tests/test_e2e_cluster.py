@@ -28,13 +28,14 @@ import pytest
 from cloudevents.http import CloudEvent
 from sqlalchemy import select
 
-from shared import events
+from shared import events, handlers
 from shared import status as st
 from shared.db import ArtifactRow, BuildRow, StepRow, transaction
 from shared.events import event_data
 from shared.local import LocalCI
 from shared.settings import Settings
 from tests.fakes import FakeClock
+from tests.kube.apiserver import FakeApiServer
 from tests.kube.cluster import ClusterCI, FakeCluster
 from tests.kube.kubelet import EVICTION_MESSAGE, UNSCHEDULABLE_MESSAGE, step_pods
 
@@ -162,6 +163,10 @@ def cluster(workspace: Path, database_url: str, clock: FakeClock) -> Iterator[Cl
     cluster.close()
 
 
+#: The fake API server behind each ClusterCI that ``open_path`` opened.
+SERVERS: dict[int, FakeApiServer] = {}
+
+
 @pytest.fixture(params=["local", "cluster"])
 def open_path(
     request: pytest.FixtureRequest, workspace: Path, database_url: str, clock: FakeClock
@@ -180,11 +185,13 @@ def open_path(
             return local
         cluster = Cluster(workspace, database_url, clock, **settings)
         opened.append(cluster.close)
+        SERVERS[id(cluster.ci)] = cluster.server
         return cluster.ci
 
     yield open_
     for close in reversed(opened):
         close()
+    SERVERS.clear()
 
 
 @pytest.fixture
@@ -519,3 +526,171 @@ def test_repeated_and_out_of_order_pod_events_change_nothing(cluster: Cluster) -
     assert {event_data(e)["metadata"]["name"] for e in pod_events} <= {
         s.pod_name for s in steps_of(cluster.ci, build.id).values() if s.pod_name
     }
+
+
+# -- credentials and the build's Secret -------------------------------------------------
+
+TOKEN = "tok-9c2e7a41d05b"
+
+CREDENTIALED = f"""
+jobs:
+- name: build
+  plan:
+  - task: use
+    config:
+      platform: linux
+      params: {{TOKEN: ((token)), GREETING: hello}}
+      run:
+        path: sh
+        args: [-ec, 'test "$TOKEN" = "{TOKEN}"; echo "$GREETING, the token is right"']
+"""
+
+
+def secrets_held(ci: LocalCI | ClusterCI) -> dict[str, dict[str, str]]:
+    """The Secrets where the runtime keeps them: the API server, or the local runtime."""
+    if isinstance(ci, ClusterCI):
+        server = SERVERS[id(ci)]
+        return {n: server.secret(n, NAMESPACE) or {} for n in server.secret_names(NAMESPACE)}
+    runtime = ci.deps.runtime
+    return {n: dict(runtime._secrets[n]) for n in runtime.secret_names()}  # type: ignore[attr-defined]
+
+
+def reap(ci: LocalCI | ClusterCI) -> Any:
+    """One reaper tick, as PingSource's event would run it (no checks scheduled)."""
+    ping = events.make_event(events.PING, {}, source="//test/ping")
+    return handlers.on_reaper_event(ping, ci.deps, scheduling=False)
+
+
+def test_a_credential_reaches_the_step_only_through_the_builds_secret_which_is_reaped(
+    open_path: Callable[..., LocalCI | ClusterCI],
+) -> None:
+    ci = open_path()
+    seen: list[CloudEvent] = []
+    ci.bus.observe(seen.append)
+    ci.set_pipeline("creds", CREDENTIALED, {"token": TOKEN})
+    build = ci.run_build("creds", "build", timeout=WAIT)
+    step = steps_of(ci, build.id)["use"]
+    assert build.status == st.SUCCEEDED, (step.status, step.error)
+    assert b"hello, the token is right" in (ci.deps.logs.read(build.id, step.key) or b"")
+    pods = [event_data(e) for e in seen if e["type"] in events.POD_EVENTS]
+    assert pods
+    env = {v["name"]: v for v in pods[0]["spec"]["containers"][0]["env"]}
+    key = f"{step.id}-TOKEN"
+    secret = f"jb-{build.id}-secrets"
+    assert env["TOKEN"] == {
+        "name": "TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+    }
+    assert env["GREETING"] == {"name": "GREETING", "value": "hello"}  # not a credential: literal
+    assert all(TOKEN not in str(pod) for pod in pods)
+    # The credential written into the script: an env var from the Secret, which the
+    # command names for Kubernetes to expand.
+    assert env["JETBRIDGE_CREDENTIAL_1"]["valueFrom"]["secretKeyRef"]["key"] == (
+        f"{step.id}-JETBRIDGE_CREDENTIAL_1"
+    )
+    assert '= "$(JETBRIDGE_CREDENTIAL_1)"' in pods[0]["spec"]["containers"][0]["args"][1]
+    assert secrets_held(ci) == {secret: {key: TOKEN, f"{step.id}-JETBRIDGE_CREDENTIAL_1": TOKEN}}
+    with transaction(ci.deps.sessions) as session:
+        assert session.get(BuildRow, build.id).has_secret is True  # type: ignore[union-attr]
+
+    report = reap(ci)
+    assert report.tallies["secrets"].done == 1
+    assert secrets_held(ci) == {}
+    with transaction(ci.deps.sessions) as session:
+        assert session.get(BuildRow, build.id).has_secret is False  # type: ignore[union-attr]
+    assert reap(ci).tallies["secrets"].found == 0  # nothing left to do
+
+
+def test_a_pod_whose_secret_is_missing_errors_its_step_after_the_timeout(cluster: Cluster) -> None:
+    # The Secret cannot be read (deleted by hand, say): the kubelet cannot create the container.
+    cluster.server.fail("get", "secrets", status=404, times=None)
+    cluster.ci.set_pipeline("creds", CREDENTIALED, {"token": TOKEN})
+    event_id = cluster.ci.request_build("creds", "build")
+    cluster.run_until_seen("use", waiting_on("CreateContainerConfigError"))
+    build = cluster.ci.build_for("creds", event_id)
+    assert build is not None
+    assert steps_of(cluster.ci, build.id)["use"].status == st.RUNNING  # it may still come
+    cluster.clock.advance(cluster.settings.image_pull_timeout_seconds)
+    # The kubelet's status does not change while it waits, so no event comes: the
+    # reaper's resync reads the pod and ends the step.
+    reap(cluster.ci)
+    build = cluster.ci.finish("creds", event_id, timeout=WAIT)
+    step = steps_of(cluster.ci, build.id)["use"]
+    message = (
+        "task 'use' could not start: its container could not be created for 5m "
+        f'(CreateContainerConfigError: secret "jb-{build.id}-secrets" not found)'
+    )
+    assert (step.status, step.error) == (st.ERRORED, message)
+    assert (build.status, build.error) == (st.ERRORED, message)
+
+
+def test_a_role_that_may_not_write_secrets_errors_the_step_saying_so(cluster: Cluster) -> None:
+    cluster.server.fail("create", "secrets", status=403, times=None)
+    cluster.ci.set_pipeline("creds", CREDENTIALED, {"token": TOKEN})
+    build = cluster.ci.run_build("creds", "build", timeout=WAIT)
+    step = steps_of(cluster.ci, build.id)["use"]
+    assert step.status == st.ERRORED
+    assert step.error is not None
+    assert step.error.startswith(
+        "task 'use' could not start: the service account may not create secrets in namespace "
+        "ci: RBAC needs verb 'create' on 'secrets'"
+    )
+    assert cluster.server.pods(NAMESPACE) == []  # no pod was made that could not start
+
+
+# -- a ReadWriteOnce store ----------------------------------------------------------------
+
+TWO_STEPS = """
+jobs:
+- name: build
+  plan:
+  - task: make
+    config:
+      platform: linux
+      outputs: [{name: out}]
+      run: {path: sh, args: [-c, "echo made > out/file"]}
+  - task: use
+    config:
+      platform: linux
+      inputs: [{name: out}]
+      run: {path: cat, args: [out/file]}
+"""
+
+
+def test_with_a_read_write_once_store_a_later_pod_is_pinned_to_the_first_pods_node(
+    workspace: Path, database_url: str, clock: FakeClock
+) -> None:
+    cluster = Cluster(workspace, database_url, clock, store_access_mode="ReadWriteOnce")
+    try:
+        cluster.ci.set_pipeline("rwo", TWO_STEPS)
+        build = cluster.ci.run_build("rwo", "build", timeout=WAIT)
+        created = {
+            c.body["metadata"]["name"]: c.body for c in cluster.server.calls_of("create", "pods")
+        }
+    finally:
+        cluster.close()
+    assert build.status == st.SUCCEEDED
+    assert build.node == cluster.kubelet.node
+    (first,) = [p for n, p in created.items() if re.match(step_pods("make"), n)]
+    (later,) = [p for n, p in created.items() if re.match(step_pods("use"), n)]
+    # The first pod goes wherever the scheduler puts it, near its build's other pods…
+    assert "nodeAffinity" not in first["spec"]["affinity"]
+    assert "podAffinity" in first["spec"]["affinity"]
+    # …a later one must run on the node that first pod ran on, where the claim is attached.
+    terms = later["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms == [
+        {
+            "matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [cluster.kubelet.node]}
+            ]
+        }
+    ]
+
+
+def test_with_a_read_write_many_store_pods_are_not_pinned(cluster: Cluster) -> None:
+    cluster.ci.set_pipeline("rwm", TWO_STEPS)
+    build = cluster.ci.run_build("rwm", "build", timeout=WAIT)
+    assert build.status == st.SUCCEEDED
+    assert all("affinity" not in c.body["spec"] for c in cluster.server.calls_of("create", "pods"))

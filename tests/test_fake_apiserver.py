@@ -134,7 +134,11 @@ def test_a_watch_streams_changes_and_resumes_from_a_resource_version(
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in first] == [("ADDED", "a")]
     version = first[-1]["object"]["metadata"]["resourceVersion"]
     api.patch_namespaced_pod_status(
-        "a", NS, {"status": {"phase": "Running"}}, _preload_content=False
+        "a",
+        NS,
+        {"status": {"phase": "Running"}},
+        _preload_content=False,
+        _content_type="application/merge-patch+json",
     )
     api.delete_namespaced_pod("a", NS, _preload_content=False)
     resumed = list(

@@ -12,6 +12,7 @@ import json
 import os
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -572,3 +573,64 @@ def test_a_writable_input_is_a_copy_made_before_the_pod_and_the_original_stays(
     private = arts[("writable:src", scribble.id)]
     assert mounts_of(r.pod(build_id, "scribble")) == {"/tmp/build/src": (private.subpath, False)}
     assert (r.store / private.subpath / "notes.txt").read_text() == "patched\n"
+
+
+# -- ReadWriteOnce: a build's later pods on the node of its first ---------------------
+
+SEQUENCE = """
+jobs:
+- name: build
+  plan:
+  - task: one
+    config: {platform: linux, run: {path: "true"}}
+  - task: two
+    config: {platform: linux, run: {path: "true"}}
+  - task: three
+    config: {platform: linux, run: {path: "true"}}
+"""
+
+
+class NodeRuntime(RecordingRuntime):
+    """Reports each finished pod on the next node of ``nodes`` (the first pod on the first)."""
+
+    def __init__(self, nodes: list[str]) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+    def finish(self, name: str, exit_code: int = 0, **kwargs: Any) -> dict[str, Any]:
+        data = super().finish(name, exit_code, **kwargs)
+        data["spec"]["nodeName"] = self.nodes.pop(0)
+        return data
+
+
+def affinity_nodes(pod: Mapping[str, Any]) -> list[str]:
+    node = (pod["spec"].get("affinity") or {}).get("nodeAffinity")
+    if node is None:
+        return []
+    terms = node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    return [v for t in terms for f in t["matchFields"] for v in f["values"]]
+
+
+def test_with_pinning_later_pods_go_to_the_node_the_first_pod_ran_on(
+    runner: Callable[[str], Runner],
+) -> None:
+    made = runner(SEQUENCE)
+    made.settings = replace(made.settings, pin_to_node=True)
+    # A scheduler would never put "two" elsewhere once pinned; the first node seen is kept.
+    made.runtime = NodeRuntime(["node-a", "node-b", "node-c"])
+    build_id = made.run()
+    assert made.build(build_id).status == st.SUCCEEDED
+    assert made.build(build_id).node == "node-a"
+    assert affinity_nodes(made.pod(build_id, "one")) == []  # nowhere to be pinned to yet
+    assert affinity_nodes(made.pod(build_id, "two")) == ["node-a"]
+    assert affinity_nodes(made.pod(build_id, "three")) == ["node-a"]
+
+
+def test_without_pinning_the_node_is_kept_but_pods_go_anywhere(
+    runner: Callable[[str], Runner],
+) -> None:
+    made = runner(SEQUENCE)
+    made.runtime = NodeRuntime(["node-a", "node-b", "node-c"])
+    build_id = made.run()
+    assert made.build(build_id).node == "node-a"  # for `kubectl`, and a later switch to RWO
+    assert all("affinity" not in made.pod(build_id, n)["spec"] for n in ("one", "two", "three"))

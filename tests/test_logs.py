@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from sqlalchemy import select
@@ -307,7 +308,21 @@ def test_a_build_with_a_secret_var_and_a_webhook_secret_logs_neither(
             steps = session.scalars(select(StepRow).where(StepRow.build_id == build["id"])).all()
             stored = [(s.key, s.status, s.error, s.result) for s in steps]
         step_logs = [ci.deps.logs.read(build["id"], key) or b"" for key, *_ in stored]
+        secrets_left = ci.deps.runtime.secret_names()
     out, err = capfd.readouterr()
+    pods = [events.event_data(e) for e in seen if e["type"] in events.POD_EVENTS]
+    assert pods, "the build's pod events were seen"
+    task_env = {
+        var["name"]: var
+        for pod in pods
+        for var in pod["spec"]["containers"][0].get("env", [])
+        if "use-the-token" in pod["metadata"]["name"]
+    }
+    assert task_env["TOKEN"] == {
+        "name": "TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": f"jb-{build['id']}-secrets", "key": ANY}},
+    }
+    assert secrets_left == []  # the build finished, and the reaper's tick removed its Secret
 
     assert status == st.SUCCEEDED, stored
     assert b"the token is set" in b"".join(step_logs)  # the step had the secret and used it
@@ -320,12 +335,9 @@ def test_a_build_with_a_secret_var_and_a_webhook_secret_logs_neither(
             err,
             answer,
             json.dumps(stored, default=str),
-            # JetBridge's own events (step.finished carries the step's error). A pod event
-            # is the pod as the API shows it: its env is the pod's business, not a log.
-            json.dumps(
-                [events.event_data(e) for e in seen if e["type"] not in events.POD_EVENTS],
-                default=str,
-            ),
+            # Every event, the pods' included: a pod refers to its credentials in the
+            # build's Secret, so the pod as the API shows it holds none.
+            json.dumps([events.event_data(e) for e in seen], default=str),
             b"".join(step_logs).decode(errors="replace"),
         ]
     )

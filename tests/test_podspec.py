@@ -13,6 +13,7 @@ and review the diff.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from shared.podspec import (
     PodSettings,
     build_step_pod,
     pod_name,
+    secret_env,
     secret_name,
 )
 from shared.settings import Settings
@@ -218,6 +220,71 @@ def test_the_golden_pod_is_valid_for_kubernetes(case: Case, version: str) -> Non
 def test_the_golden_pod_keeps_the_restricted_pod_security_standard(case: Case) -> None:
     pod = load_golden(GOLDEN / f"{case.id}.yaml")
     assert pss.violations(pod["spec"]) == []
+
+
+def test_secret_env_finds_credentials_in_env_values_whole_or_json_escaped() -> None:
+    key = "-----BEGIN KEY-----\nabc\n-----END KEY-----"
+    env = {
+        "TOKEN": "tok-123456",
+        "URL": "https://user:tok-123456@example.com",
+        "JETBRIDGE_REQUEST": json.dumps({"source": {"private_key": key}}),
+        "LEVEL": "strict",
+        "bad name": "tok-123456",
+    }
+    found = secret_env(env, ["tok-123456", key], step_id=7)
+    assert found.refs == {
+        "JETBRIDGE_REQUEST": "7-JETBRIDGE_REQUEST",
+        "TOKEN": "7-TOKEN",
+        "URL": "7-URL",
+        # A name a Secret key cannot hold: its digest stands in.
+        "bad name": "7-" + hashlib.sha256(b"bad name").hexdigest(),
+    }
+    assert found.data["7-URL"] == env["URL"]
+    assert found.data["7-JETBRIDGE_REQUEST"] == env["JETBRIDGE_REQUEST"]
+    assert found.in_command == {}
+    assert secret_env(env, [], step_id=7) == secret_env({}, ["x"], step_id=7)  # nothing secret
+
+
+def test_a_credential_in_the_command_becomes_a_reference_kubernetes_expands() -> None:
+    step = StepSpec(
+        key="1",
+        name="push",
+        kind="task",
+        image="busybox",
+        command=("sh", "-c", 'curl -H "Authorization: tok-123456" https://x/$(whoami) $HOME'),
+        env={},
+    )
+    found = secret_env(step.env, ["tok-123456"], step_id=3, command=step.command)
+    assert found.in_command == {"tok-123456": "JETBRIDGE_CREDENTIAL_1"}
+    assert found.refs == {"JETBRIDGE_CREDENTIAL_1": "3-JETBRIDGE_CREDENTIAL_1"}
+    assert found.data == {"3-JETBRIDGE_CREDENTIAL_1": "tok-123456"}
+    ids = PodIds(pipeline="p", job="j", build_id=5, step_id=3, step_key="1")
+    pod = ApiClient().sanitize_for_serialization(
+        build_step_pod(
+            step,
+            ids=ids,
+            mounts=[],
+            settings=PodSettings(claim="store"),
+            secret_env=found.refs,
+            secret_args=found.in_command,
+        )
+    )
+    assert "tok-123456" not in json.dumps(pod)
+    # The credential by reference; every other '$' escaped, so only it is expanded.
+    assert pod["spec"]["containers"][0]["args"] == [
+        "-c",
+        'curl -H "Authorization: $(JETBRIDGE_CREDENTIAL_1)" https://x/$$(whoami) $$HOME',
+    ]
+
+
+def test_a_longer_credential_is_replaced_whole_before_one_it_contains() -> None:
+    found = secret_env(
+        {}, ["secret", "secret-and-more"], step_id=1, command=("echo secret-and-more secret",)
+    )
+    assert found.in_command == {
+        "secret-and-more": "JETBRIDGE_CREDENTIAL_1",
+        "secret": "JETBRIDGE_CREDENTIAL_2",
+    }
 
 
 @pytest.mark.parametrize(

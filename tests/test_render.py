@@ -140,3 +140,30 @@ def test_a_pipeline_missing_a_var_exits_2() -> None:
     result = render(str(ROOT / "examples" / "demo" / "pipeline.yml"), "--job", "build")
     assert result.exit_code == EXIT_BAD_PIPELINE
     assert "repo" in result.output
+
+
+def test_variables_are_rendered_as_references_into_the_builds_secret(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.yml"
+    path.write_text(
+        """
+jobs:
+- name: deploy
+  plan:
+  - task: push
+    config:
+      platform: linux
+      image_resource: {type: registry-image, source: {repository: busybox}}
+      params: {TOKEN: ((token)), REGION: ((region))}
+      run: {path: sh, args: [-c, 'curl -u "bot:((token))" https://example.com']}
+"""
+    )
+    result = render(str(path), "--job", "deploy", "-v", "token=tok-5e1f0a9c", "-v", "region=eu")
+    (pod,) = pods_of(result)
+    assert "tok-5e1f0a9c" not in result.stdout
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "jb-0-secrets", "key": "1-TOKEN"}
+    assert env["REGION"] == {"name": "REGION", "value": "eu"}  # too short to be a credential
+    assert pod["spec"]["containers"][0]["args"][1] == (
+        'curl -u "bot:$(JETBRIDGE_CREDENTIAL_1)" https://example.com'
+    )
+    assert schema_errors(pod, VERSIONS[-1]) == []

@@ -136,8 +136,43 @@ def test_the_runtime_needs_exactly_the_rbac_rules_it_declares(
     runtime.list()
     runtime.logs(pod.metadata.name)
     runtime.delete(pod.metadata.name)
+    runtime.put_secret("jb-7-secrets", {"1-TOKEN": "a"}, labels={})
+    runtime.put_secret("jb-7-secrets", {"2-TOKEN": "b"}, labels={})
+    runtime.delete_secret("jb-7-secrets")
     used = {(c.verb, c.resource) for c in server.calls}
     assert used == set(RBAC_RULES)
+
+
+def test_put_secret_creates_then_merges_and_delete_secret_is_idempotent(
+    server: FakeApiServer, runtime: KubernetesRuntime
+) -> None:
+    labels = {"app.kubernetes.io/managed-by": "jetbridge", "jetbridge.dev/build": "7"}
+    runtime.put_secret("jb-7-secrets", {"3-TOKEN": "s3cret\nline"}, labels=labels)
+    runtime.put_secret("jb-7-secrets", {"4-KEY": "other"}, labels=labels)
+    runtime.put_secret("jb-7-secrets", {"4-KEY": "other"}, labels=labels)  # a redelivery
+    assert server.secret("jb-7-secrets", NAMESPACE) == {"3-TOKEN": "s3cret\nline", "4-KEY": "other"}
+    created = server.calls_of("create", "secrets")[0].body
+    assert created["metadata"]["labels"] == labels
+    assert created["type"] == "Opaque"
+    # A merge patch: a JSON patch with an object body would be a 400 from a real server.
+    assert [c.body for c in server.calls_of("patch", "secrets")] == [
+        {"stringData": {"4-KEY": "other"}}
+    ] * 2
+    runtime.delete_secret("jb-7-secrets")
+    runtime.delete_secret("jb-7-secrets")  # gone already: fine
+    assert server.secret_names(NAMESPACE) == []
+
+
+def test_a_secret_the_role_may_not_write_names_the_missing_verb(
+    server: FakeApiServer, runtime: KubernetesRuntime
+) -> None:
+    server.fail("create", "secrets", status=403)
+    with pytest.raises(RuntimeForbidden, match="RBAC needs verb 'create' on 'secrets'") as e:
+        runtime.put_secret("jb-7-secrets", {"1-A": "b"}, labels={})
+    assert "Secret jb-7-secrets" in str(e.value) or "secrets in namespace ci" in str(e.value)
+    server.fail("delete", "secrets", status=503)
+    with pytest.raises(RuntimeUnavailable, match="could not delete Secret jb-7-secrets"):
+        runtime.delete_secret("jb-7-secrets")
 
 
 def call(runtime: KubernetesRuntime, operation: str) -> Any:

@@ -7,7 +7,9 @@ directory, the pod reported to ``on_finish`` and by ``read``, the log.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -31,12 +33,13 @@ from kubernetes.client import (
     V1PodSpec,
     V1Probe,
     V1ResourceRequirements,
+    V1SecretKeySelector,
     V1Toleration,
     V1Volume,
     V1VolumeMount,
 )
 
-from shared.errors import ConfigurationError, NotFoundError
+from shared.errors import ConfigurationError, NotFoundError, PodRejected
 from shared.runtime import PodDict
 from shared.runtime.local import LocalRuntime
 
@@ -418,6 +421,55 @@ def test_working_dir_and_env_are_honoured(
     else:  # a directory in the pod's scratch stands in, and /tmp is in the scratch too
         assert Path(lines[3].removeprefix("home=")).is_relative_to(tmp_path / "work")
         assert Path(pwd).is_relative_to(tmp_path / "work")
+
+
+def secret_ref(name: str, secret: str, key: str, *, optional: bool | None = None) -> V1EnvVar:
+    ref = V1SecretKeySelector(name=secret, key=key, optional=optional)
+    return V1EnvVar(name=name, value_from=V1EnvVarSource(secret_key_ref=ref))
+
+
+def test_env_from_a_secret_is_read_from_the_runtimes_secrets(
+    runtime: LocalRuntime, finished: Finished
+) -> None:
+    runtime.put_secret("jb-1-secrets", {"1-TOKEN": "tok-1"}, labels={})
+    runtime.put_secret("jb-1-secrets", {"1-OTHER": "other"}, labels={})  # merged, not replaced
+    pod = make_pod("secretive", ["sh", "-c", 'echo "$TOKEN $(OTHER) ${MAYBE-unset}"'])
+    spec_of(pod).containers[0].env = [
+        secret_ref("TOKEN", "jb-1-secrets", "1-TOKEN"),
+        secret_ref("OTHER", "jb-1-secrets", "1-OTHER"),
+        secret_ref("MAYBE", "jb-1-secrets", "1-MAYBE", optional=True),
+    ]
+    runtime.launch(pod)
+    reported = finished.wait("secretive")
+    assert reported["status"]["phase"] == "Succeeded", runtime.logs("secretive")
+    assert runtime.logs("secretive") == b"tok-1 other unset\n"
+    # The pod as read shows the reference, never the value.
+    assert "tok-1" not in json.dumps(runtime.read("secretive"))
+    runtime.delete_secret("jb-1-secrets")
+    runtime.delete_secret("jb-1-secrets")  # gone already: fine
+    assert runtime.secret_names() == []
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ({}, "Secret 'jb-1-secrets', which does not exist, so has no key '1-TOKEN'"),
+        ({"jb-1-secrets": {"1-OTHER": "x"}}, "Secret 'jb-1-secrets', which has no key '1-TOKEN'"),
+    ],
+    ids=["no-secret", "no-key"],
+)
+def test_a_pod_whose_secret_is_missing_is_refused_saying_which(
+    runtime: LocalRuntime, secrets: dict[str, dict[str, str]], message: str
+) -> None:
+    for name, data in secrets.items():
+        runtime.put_secret(name, data, labels={})
+    pod = make_pod("lacking", ["true"])
+    spec_of(pod).containers[0].env = [secret_ref("TOKEN", "jb-1-secrets", "1-TOKEN")]
+    with pytest.raises(
+        PodRejected, match=f"pod lacking: env TOKEN comes from {re.escape(message)}"
+    ):
+        runtime.launch(pod)
+    assert runtime.read("lacking") is None
 
 
 def test_the_deadline_kills_the_pod_and_reports_deadline_exceeded(

@@ -1,4 +1,4 @@
-"""The runtime port: launch a step's pod, read it, read its logs, delete it.
+"""The runtime port: launch a step's pod, read it, read its logs, delete it; keep a build's Secret.
 
 Two implementations consume the very same ``V1Pod``: ``local`` (this machine,
 bubblewrap or a folder of links) and ``kubernetes`` (the cluster). A runtime
@@ -8,6 +8,7 @@ local runtime) or the cluster does, through Knative's ApiServerSource.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from kubernetes.client import V1Pod
@@ -34,3 +35,13 @@ class Runtime(Protocol):
 
     def delete(self, name: str) -> None:
         """Stop and remove the pod; deleting a pod that is gone is not an error."""
+
+    def put_secret(self, name: str, data: Mapping[str, str], *, labels: Mapping[str, str]) -> None:
+        """Make the Secret ``name`` hold at least ``data`` (keys it has and ``data`` lacks stay).
+
+        Pods refer to their credentials in it (``secretKeyRef``); it is written before
+        the pod that needs it is launched. Writing the same data again changes nothing.
+        """
+
+    def delete_secret(self, name: str) -> None:
+        """Remove the Secret ``name``; deleting one that is gone is not an error."""

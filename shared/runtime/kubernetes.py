@@ -61,6 +61,9 @@ RBAC_RULES: tuple[tuple[str, str], ...] = (
     ("list", "pods"),
     ("delete", "pods"),
     ("get", "pods/log"),
+    ("create", "secrets"),
+    ("patch", "secrets"),
+    ("delete", "secrets"),
 )
 #: The selector of every pod JetBridge launches (``podspec`` labels them so).
 SELECTOR = f"{MANAGED_BY}=jetbridge"
@@ -241,13 +244,62 @@ class KubernetesRuntime:
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise self._unreachable(e, "delete", name) from e
 
+    def put_secret(self, name: str, data: Mapping[str, str], *, labels: Mapping[str, str]) -> None:
+        """Create the Secret ``name`` holding ``data``; if it exists, merge ``data`` into it.
+
+        Values go as ``stringData``: the API encodes them, and a merge patch of
+        ``stringData`` adds or replaces only the keys it names.
+        """
+        body = k8s.V1Secret(
+            api_version="v1",
+            kind="Secret",
+            type="Opaque",
+            metadata=k8s.V1ObjectMeta(name=name, namespace=self.namespace, labels=dict(labels)),
+            string_data=dict(data),
+        )
+        try:
+            try:
+                self._api.create_namespaced_secret(
+                    self.namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                )
+                return
+            except ApiException as e:
+                if e.status != 409:
+                    raise self._error(e, "create", "secrets", name) from e
+            try:
+                self._api.patch_namespaced_secret(
+                    name,
+                    self.namespace,
+                    {"stringData": dict(data)},
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+            except ApiException as e:
+                raise self._error(e, "patch", "secrets", name) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise self._unreachable(e, "write", name, kind="Secret") from e
+
+    def delete_secret(self, name: str) -> None:
+        """Delete the Secret ``name``; one that is gone is not an error."""
+        try:
+            self._api.delete_namespaced_secret(
+                name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise self._error(e, "delete", "secrets", name) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise self._unreachable(e, "delete", name, kind="Secret") from e
+
     # -- errors ----------------------------------------------------------------
 
     def _error(self, e: ApiException, verb: str, resource: str, name: str | None) -> Exception:
         """The JetBridge error for an API answer that is not one of the expected ones."""
         status = e.status or 0
         message = _message(e)
-        what = f"pod {name}" if name else f"the {resource}"
+        kind = "Secret" if resource == "secrets" else "pod"
+        what = f"{kind} {name}" if name else f"the {resource}"
         if status == 403:
             if "exceeded quota" in message:
                 return RuntimeUnavailable(
@@ -276,9 +328,11 @@ class KubernetesRuntime:
             f"the Kubernetes API answered {status} to {verb} {what}: {message}"
         )
 
-    def _unreachable(self, e: Exception, verb: str, name: str | None) -> RuntimeUnavailable:
+    def _unreachable(
+        self, e: Exception, verb: str, name: str | None, *, kind: str = "pod"
+    ) -> RuntimeUnavailable:
         host = self._client.configuration.host
-        what = f"pod {name}" if name else "the pods"
+        what = f"{kind} {name}" if name else "the pods"
         return RuntimeUnavailable(
             f"cannot {verb} {what}: the Kubernetes API at {host} cannot be reached ({e})"
         )

@@ -42,8 +42,11 @@ volumes (a directory in the pod's scratch; ``medium``/``sizeLimit`` ignored);
 they only matter to a scheduler or a container runtime: resources, security
 contexts (the process runs as this user), node selector, tolerations, affinity,
 image pull settings, service-account settings, priorities. Anything else that
-is set (init containers, probes, ``envFrom``, ``valueFrom``, other volume types,
-``subPathExpr`` …) is refused with a ``ConfigurationError`` naming the field.
+is set (init containers, probes, ``envFrom``, a ``valueFrom`` other than
+``secretKeyRef``, other volume types, ``subPathExpr`` …) is refused with a
+``ConfigurationError`` naming the field. A ``secretKeyRef`` is read from the
+Secrets given to ``put_secret`` (kept in memory, as a kubelet reads them from the
+API); one that is not there refuses the pod (``PodRejected``) unless ``optional``.
 
 Where this differs from a kubelet, on purpose:
 
@@ -62,6 +65,7 @@ Where this differs from a kubelet, on purpose:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import errno
@@ -85,7 +89,7 @@ from typing import Any, Literal
 
 from kubernetes.client import ApiClient, V1Pod
 
-from shared.errors import ConfigurationError, NotFoundError
+from shared.errors import ConfigurationError, NotFoundError, PodRejected
 from shared.runtime import PodDict
 
 log = logging.getLogger(__name__)
@@ -319,6 +323,7 @@ class LocalRuntime:
         self._bwrap = _choose_sandbox(sandbox)
         self._lock = threading.Lock()
         self._pods: dict[str, _Pod] = {}
+        self._secrets: dict[str, dict[str, str]] = {}
         self._closed = False
         self._serializer = ApiClient()
         self._work_root.mkdir(parents=True, exist_ok=True)
@@ -373,8 +378,10 @@ class LocalRuntime:
             record.scratch.mkdir(parents=True)
             with self._lock:
                 shared = sorted(self._shared_paths)
+                secrets = {n: dict(d) for n, d in self._secrets.items()}
             step = _parse_pod(
                 pod,
+                secrets=secrets,
                 claims=self._claims,
                 image_binds=self._image_binds,
                 scratch=record.scratch,
@@ -446,6 +453,21 @@ class LocalRuntime:
         if thread is not None and thread is not threading.current_thread():
             thread.join(KILL_WAIT_SECONDS)
         shutil.rmtree(record.scratch, ignore_errors=True)
+
+    def put_secret(self, name: str, data: Mapping[str, str], *, labels: Mapping[str, str]) -> None:
+        """Keep ``data`` in the Secret ``name`` (in memory) for pods launched from now on."""
+        with self._lock:
+            self._secrets.setdefault(name, {}).update(data)
+
+    def delete_secret(self, name: str) -> None:
+        """Forget the Secret ``name``; forgetting one that is gone is not an error."""
+        with self._lock:
+            self._secrets.pop(name, None)
+
+    def secret_names(self) -> builtins.list[str]:
+        """The Secrets this runtime holds."""
+        with self._lock:
+            return sorted(self._secrets)
 
     def close(self) -> None:
         """Delete every pod still running (they report nothing); finished pods stay readable."""
@@ -745,6 +767,7 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
 def _parse_pod(
     pod: V1Pod,
     *,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
     claims: Mapping[str, Path],
     image_binds: Mapping[str, Mapping[str, Path]],
     scratch: Path,
@@ -775,10 +798,10 @@ def _parse_pod(
     env: dict[str, str] = {}
     for i, var in enumerate(container.env or []):
         if var.value_from is not None:
-            raise ConfigurationError(
-                f"{where}.env[{i}].valueFrom ({var.name}) is not supported by the local runtime; "
-                "give a plain value"
-            )
+            value = _from_secret(var, f"{where}.env[{i}]", secrets or {}, _pod_name(pod))
+            if value is not None:
+                env[var.name] = value
+            continue
         env[var.name] = _expand(var.value or "", env)
     command = tuple(_expand(str(a), env) for a in [*container.command, *(container.args or [])])
     working_dir = (
@@ -854,6 +877,30 @@ def _parse_pod(
         fallback_to_logs=policy == "FallbackToLogsOnError",
         deadline=deadline,
     )
+
+
+def _from_secret(
+    var: Any, where: str, secrets: Mapping[str, Mapping[str, str]], pod: str
+) -> str | None:
+    """The value of an env var taken from a Secret (``None``: optional and not there)."""
+    ref = var.value_from.secret_key_ref
+    others = [
+        attr
+        for attr in var.value_from.attribute_map
+        if attr != "secret_key_ref" and getattr(var.value_from, attr) is not None
+    ]
+    if ref is None or others:
+        raise ConfigurationError(
+            f"{where}.valueFrom ({var.name}) is not supported by the local runtime; "
+            "give a plain value or a secretKeyRef"
+        )
+    value = (secrets.get(ref.name) or {}).get(ref.key)
+    if value is None and not ref.optional:
+        what = "has no key" if ref.name in secrets else "does not exist, so has no key"
+        raise PodRejected(
+            f"pod {pod}: env {var.name} comes from Secret {ref.name!r}, which {what} {ref.key!r}"
+        )
+    return value
 
 
 def _parse_volumes(

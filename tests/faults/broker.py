@@ -59,6 +59,8 @@ class Delivery:
     status: int | None = None
     """The HTTP status, when it went over HTTP (or the one the error maps to)."""
     error: str = ""
+    pod_phase: str | None = None
+    """A pod event's pod's ``status.phase``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +196,7 @@ class Broker:
                     answer=answer,
                     status=status,
                     error=error,
+                    pod_phase=_phase(event),
                 )
             )
             if answer in (RETRY, CRASHED):
@@ -266,3 +269,10 @@ def routes_by_type(extra: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
     }
     routes.update(extra)
     return routes
+
+
+def _phase(event: CloudEvent) -> str | None:
+    data = event.get_data()
+    status = data.get("status") if isinstance(data, dict) else None
+    phase = status.get("phase") if isinstance(status, dict) else None
+    return str(phase) if phase else None

@@ -19,6 +19,9 @@ bodies, defaults):
 * ``PUT/PATCH …/pods/{name}/status`` (PATCH as a JSON merge patch, lists replaced),
   ``POST …/pods/{name}/binding``, ``GET …/pods/{name}/log?container=`` (bytes from
   ``log_source``; 400 "waiting to start" while it has none).
+* ``POST …/secrets``, ``GET/PATCH/DELETE …/secrets/{name}``: Secrets kept as the API
+  keeps them (``stringData`` folded into base64 ``data``; a PATCH is a merge patch and
+  must say so: a JSON-patch content type with an object body is a 400, as for real).
 
 Faults: ``fail(verb, resource, status=…)`` makes the next matching call (or the next
 ``times``) answer that status with a ``Status`` body like the real one (an RBAC
@@ -27,6 +30,8 @@ sentence for 403). Every call is kept in ``calls`` with its query and body.
 
 from __future__ import annotations
 
+import base64
+import bisect
 import copy
 import itertools
 import json
@@ -56,6 +61,7 @@ _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _PATH = re.compile(
     r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
 )
+_SECRETS_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/secrets(?:/(?P<name>[^/]+))?$")
 _REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -77,7 +83,7 @@ class Call:
     verb: str
     """``create``, ``get``, ``list``, ``watch``, ``update``, ``patch`` or ``delete``."""
     resource: str
-    """``pods``, ``pods/status``, ``pods/log`` or ``pods/binding``."""
+    """``pods``, ``pods/status``, ``pods/log``, ``pods/binding`` or ``secrets``."""
     namespace: str
     name: str | None
     query: Mapping[str, str]
@@ -161,6 +167,7 @@ class FakeApiServer:
         self.log_source: LogSource | None = None
         self.calls: list[Call] = []
         self._pods: dict[tuple[str, str], PodDict] = {}
+        self._secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self._history: list[tuple[int, str, PodDict]] = []
         self._faults: list[_Fault] = []
         self._rv = itertools.count(1)
@@ -249,6 +256,18 @@ class FakeApiServer:
                 copy.deepcopy(p) for (ns, _), p in sorted(self._pods.items()) if ns == namespace
             ]
 
+    def secret(self, name: str, namespace: str = "default") -> dict[str, str] | None:
+        """The stored Secret's data, decoded, or ``None`` when there is no such Secret."""
+        with self._changed:
+            secret = self._secrets.get((namespace, name))
+            if secret is None:
+                return None
+            return {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+
+    def secret_names(self, namespace: str = "default") -> list[str]:
+        with self._changed:
+            return sorted(name for ns, name in self._secrets if ns == namespace)
+
     def calls_of(self, verb: str, resource: str = "pods") -> list[Call]:
         with self._changed:
             return [c for c in self.calls if c.verb == verb and c.resource == resource]
@@ -263,11 +282,14 @@ class FakeApiServer:
     def admit(self, method: str, path: str, query: dict[str, str], body: Any) -> Call:
         """Classify a request as RequestInfo does, record it, and apply any fault to it."""
         match = _PATH.match(path)
-        if match is None:
+        if match is not None:
+            ns, name, sub = match.group("ns"), match.group("name"), match.group("sub")
+            resource = f"pods/{sub}" if sub else "pods"
+        elif (secrets := _SECRETS_PATH.match(path)) is not None:
+            ns, name, resource = secrets.group("ns"), secrets.group("name"), "secrets"
+        else:
             raise ApiError(404, f"the server could not find the requested resource ({path})")
-        ns, name, sub = match.group("ns"), match.group("name"), match.group("sub")
         verb = _verb(method, name, query)
-        resource = f"pods/{sub}" if sub else "pods"
         call = Call(verb=verb, resource=resource, namespace=ns, name=name, query=query, body=body)
         with self._changed:
             self.calls.append(call)
@@ -284,6 +306,8 @@ class FakeApiServer:
         """``(status, JSON or bytes, headers)`` for an admitted call, or raises ``ApiError``."""
         ns, name, verb, resource = call.namespace, call.name, call.verb, call.resource
         with self._changed:
+            if resource == "secrets":
+                return self._secret_call(call)
             if verb == "create" and resource == "pods":
                 return 201, self._create(ns, call.body), {}
             if verb == "list" and resource == "pods":
@@ -307,6 +331,53 @@ class FakeApiServer:
                 )
         # Outside the lock: the kubelet answers for the log, and may be writing to us.
         return 200, self._log(ns, pod, call.query), {"Content-Type": "text/plain"}
+
+    def _secret_call(self, call: Call) -> tuple[int, Any, dict[str, str]]:
+        ns, name, body = call.namespace, call.name, call.body
+        if call.verb == "create":
+            if not isinstance(body, dict) or not (body.get("metadata") or {}).get("name"):
+                raise ApiError(422, "Secret is invalid: metadata.name: Required value")
+            name = body["metadata"]["name"]
+            if (ns, name) in self._secrets:
+                raise ApiError(409, f'secrets "{name}" already exists', name=name)
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": body.get("type") or "Opaque",
+                "metadata": {
+                    **copy.deepcopy(body["metadata"]),
+                    "namespace": ns,
+                    "uid": str(uuid.uuid4()),
+                    "creationTimestamp": rfc3339(self.clock()),
+                },
+                "data": {},
+            }
+            self._fold(secret, body)
+            self._secrets[(ns, name)] = secret
+            return 201, copy.deepcopy(secret), {}
+        secret = self._secrets.get((ns, name or ""))
+        if secret is None:
+            raise ApiError(404, f'secrets "{name}" not found', name=name)
+        if call.verb == "get":
+            return 200, copy.deepcopy(secret), {}
+        if call.verb == "patch":
+            if not isinstance(body, dict):
+                raise ApiError(400, "json: cannot unmarshal array into Go value of type map")
+            self._fold(secret, body)
+            return 200, copy.deepcopy(secret), {}
+        if call.verb == "delete":
+            del self._secrets[(ns, name or "")]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, {}
+        raise ApiError(405, f"{call.verb} is not supported on secrets", reason="MethodNotAllowed")
+
+    @staticmethod
+    def _fold(secret: dict[str, Any], body: Mapping[str, Any]) -> None:
+        """``data`` (base64) and ``stringData`` (plain, wins) of ``body`` into ``secret``."""
+        data = secret.setdefault("data", {})
+        for key, value in (body.get("data") or {}).items():
+            data[key] = value
+        for key, value in (body.get("stringData") or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
 
     def _create(self, ns: str, body: Any) -> PodDict:
         if not isinstance(body, dict):
@@ -499,11 +570,15 @@ class FakeApiServer:
         while True:
             with self._changed:
                 while not self._stopping:
-                    fresh = [
-                        (rv, t, p)
-                        for rv, t, p in self._history
-                        if rv > position and p["metadata"]["namespace"] == ns
+                    # Only the changes after ``position``: the history is in resourceVersion
+                    # order, so they are found by bisection, not by reading it all on every
+                    # wake (which made a long run quadratic).
+                    newer = self._history[
+                        bisect.bisect_right(self._history, position, key=_history_rv) :
                     ]
+                    if newer:
+                        position = newer[-1][0]
+                    fresh = [(t, p) for _, t, p in newer if p["metadata"]["namespace"] == ns]
                     if fresh or time.monotonic() >= deadline:
                         break
                     self._changed.wait(WATCH_POLL_SECONDS)
@@ -511,11 +586,15 @@ class FakeApiServer:
                     return
                 if not fresh:
                     return  # timed out
-                position = max(rv for rv, _, _ in fresh)
-                batch = [(t, copy.deepcopy(p)) for _, t, p in fresh]
-            for type_, pod in batch:
+            # The history's pods are snapshots ``_record`` copied and nothing changes: they
+            # are only serialized from here, so each watch need not copy them again.
+            for type_, pod in fresh:
                 if selector(pod["metadata"].get("labels") or {}):
                     yield type_, pod
+
+
+def _history_rv(entry: tuple[int, str, PodDict]) -> int:
+    return entry[0]
 
 
 def _verb(method: str, name: str | None, query: Mapping[str, str]) -> str:
@@ -530,7 +609,8 @@ def _verb(method: str, name: str | None, query: Mapping[str, str]) -> str:
 def _injected(fault: _Fault, call: Call) -> ApiError:
     """The error a real API server would give for an injected status."""
     code = fault.status
-    what = f'pods "{call.name}"' if call.name else "pods"
+    kind = call.resource.split("/")[0]
+    what = f'{kind} "{call.name}"' if call.name else kind
     default = {
         401: "Unauthorized",
         403: (
@@ -675,6 +755,11 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw) if raw else None
             except ValueError:
                 raise ApiError(400, "the body of the request is not JSON") from None
+            kind = self.headers.get("Content-Type") or ""
+            if method == "PATCH" and "json-patch" in kind and not isinstance(body, list):
+                raise ApiError(
+                    400, "json: cannot unmarshal object into Go value of type jsonpatch.Patch"
+                )
             call = self.api.admit(method, url.path, query, body)
             if call.verb == "watch":
                 _parse_selector(query.get("labelSelector", ""))  # a bad one is a 400, not a stream

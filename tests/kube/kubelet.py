@@ -23,6 +23,7 @@ What the cluster can do that a laptop cannot, on demand:
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client.exceptions import ApiException
 
 from shared.errors import NotFoundError
 from shared.runtime.local import LocalRuntime
@@ -67,6 +69,7 @@ class _Pod:
     """``unschedulable``, ``pulling``, ``running``, ``done`` or ``gone``."""
     image: str
     pull_reason: str = ""
+    wait_message: str = ""
     started: str = ""
 
 
@@ -227,6 +230,15 @@ class SimulatedKubelet:
                     started = {"startTime": rfc3339(self._clock())}
                     self._patch(name, {**started, "containerStatuses": [self._waiting(record)]})
                     return
+        missing = self._load_secrets(pod)
+        with self._lock:
+            if missing:
+                # As a kubelet: the container waits for its Secret, and says so.
+                record.stage, record.pull_reason = "pulling", "CreateContainerConfigError"
+                record.wait_message = missing
+                started = {"startTime": rfc3339(self._clock())}
+                self._patch(name, {**started, "containerStatuses": [self._waiting(record)]})
+                return
             record.stage = "running"
             record.started = rfc3339(self._clock())
         self.runtime.launch(self._client.deserialize(json.dumps(pod), "V1Pod", "application/json"))
@@ -262,6 +274,30 @@ class SimulatedKubelet:
                         ],
                     },
                 )
+
+    def _load_secrets(self, pod: PodDict) -> str:
+        """Hand the Secrets the pod's env refers to to the local runtime, as a kubelet
+        reads them from the API; the message of the first one missing, else ``""``."""
+        for container in pod["spec"]["containers"]:
+            for var in container.get("env") or []:
+                ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+                if not ref:
+                    continue
+                try:
+                    secret = self._api.read_namespaced_secret(ref["name"], self.namespace)
+                except ApiException as e:
+                    if e.status == 404 and not ref.get("optional"):
+                        return f'secret "{ref["name"]}" not found'
+                    if e.status == 404:
+                        continue
+                    raise
+                data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+                if ref["key"] not in data and not ref.get("optional"):
+                    return (
+                        f"couldn't find key {ref['key']} in Secret {self.namespace}/{ref['name']}"
+                    )
+                self.runtime.put_secret(ref["name"], data, labels={})
+        return ""
 
     def _terminate(self, pod: _Pod) -> None:
         """A pod marked for deletion: stop it (SIGTERM ends it with 143), then remove it."""
@@ -328,7 +364,11 @@ class SimulatedKubelet:
 
     def _patch(self, name: str, status: dict[str, Any]) -> None:
         self._api.patch_namespaced_pod_status(
-            name, self.namespace, {"status": status}, _preload_content=False
+            name,
+            self.namespace,
+            {"status": status},
+            _preload_content=False,
+            _content_type="application/merge-patch+json",
         )
 
     def _waiting(self, pod: _Pod) -> dict[str, Any]:
@@ -351,7 +391,10 @@ class SimulatedKubelet:
             "started": False,
             "restartCount": 0,
             "state": {
-                "waiting": {"reason": pod.pull_reason, "message": messages.get(pod.pull_reason, "")}
+                "waiting": {
+                    "reason": pod.pull_reason,
+                    "message": messages.get(pod.pull_reason, pod.wait_message),
+                }
             },
         }
 

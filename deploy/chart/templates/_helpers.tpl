@@ -347,3 +347,16 @@ spec:
             secretName: {{ include "jetbridge.webhookSecretName" $top }}
         {{- end }}
 {{- end -}}
+
+{{/*
+Labels of the monitoring objects: the chart's, the extra ones given (the dashboard's label
+for Grafana's sidecar), then monitoring.labels (e.g. release: prometheus, for
+kube-prometheus-stack's selectors); where two set a key, the first wins.
+Call with (list $ extraLabelsDict).
+*/}}
+{{- define "jetbridge.monitoringLabels" -}}
+{{- $top := index . 0 -}}
+{{- $labels := include "jetbridge.labels" (list $top "monitoring") | fromYaml -}}
+{{- $labels = merge $labels (index . 1) $top.Values.monitoring.labels -}}
+{{- toYaml $labels -}}
+{{- end -}}
