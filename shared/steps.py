@@ -284,9 +284,12 @@ def finish_step(
             )
     if not current:
         # Recorded already (a repeated event, the pod's delete after its end) or another
-        # attempt's pod: nothing to record; the pod goes, the build is advanced in case a
-        # crash left it so.
-        if (delete_pod or ended.doomed) and not deleted:
+        # attempt's pod: nothing to record. A repeated end is advanced again, in case its
+        # first delivery died between recording and advancing; a delete is not (that end's
+        # own redelivery, or the reaper's settle_builds, does it).
+        if deleted:
+            return status_now
+        if delete_pod or ended.doomed:
             runtime.delete(ref.name)
         advance_build(sessions, build_id=ref.build_id, sink=sink, clock=clock)
         return status_now
