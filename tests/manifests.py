@@ -88,7 +88,7 @@ def knative_validator(api_version: str, kind: str) -> jsonschema.Draft202012Vali
     if not path.exists():
         pytest.fail(
             f"no Knative schema for {api_version} {kind} in {path.parent.relative_to(ROOT)}: "
-            "add the kind to deploy/knative_schemas.py and run it"
+            "add the kind to deploy/crd_schemas.py and run it"
         )
     schema = _strict(json.loads(path.read_text()))
     return jsonschema.Draft202012Validator(schema)

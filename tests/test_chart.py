@@ -111,7 +111,7 @@ def _operator_validator(api_version: str, kind: str) -> jsonschema.Draft202012Va
     if not path.exists():
         pytest.fail(
             f"no Prometheus Operator schema for {api_version} {kind} in "
-            f"{path.parent.relative_to(ROOT)}: add the kind to deploy/monitoring/operator_schemas.py"
+            f"{path.parent.relative_to(ROOT)}: add the kind to deploy/crd_schemas.py"
         )
     return jsonschema.Draft202012Validator(_strict(json.loads(path.read_text())))
 

@@ -35,6 +35,7 @@ from shared.events import event_data
 from shared.local import LocalCI
 from shared.settings import Settings
 from tests.fakes import FakeClock
+from tests.faults.cluster import PIPELINE
 from tests.kube.apiserver import FakeApiServer
 from tests.kube.cluster import ClusterCI, FakeCluster
 from tests.kube.kubelet import EVICTION_MESSAGE, UNSCHEDULABLE_MESSAGE, step_pods
@@ -640,21 +641,8 @@ def test_a_role_that_may_not_write_secrets_errors_the_step_saying_so(cluster: Cl
 
 # -- a ReadWriteOnce store ----------------------------------------------------------------
 
-TWO_STEPS = """
-jobs:
-- name: build
-  plan:
-  - task: make
-    config:
-      platform: linux
-      outputs: [{name: out}]
-      run: {path: sh, args: [-c, "echo made > out/file"]}
-  - task: use
-    config:
-      platform: linux
-      inputs: [{name: out}]
-      run: {path: cat, args: [out/file]}
-"""
+#: make → check → ship, each reading what the one before wrote (and a job that fails).
+THREE_STEPS = PIPELINE
 
 
 def test_with_a_read_write_once_store_a_later_pod_is_pinned_to_the_first_pods_node(
@@ -662,7 +650,7 @@ def test_with_a_read_write_once_store_a_later_pod_is_pinned_to_the_first_pods_no
 ) -> None:
     cluster = Cluster(workspace, database_url, clock, store_access_mode="ReadWriteOnce")
     try:
-        cluster.ci.set_pipeline("rwo", TWO_STEPS)
+        cluster.ci.set_pipeline("rwo", THREE_STEPS)
         build = cluster.ci.run_build("rwo", "build", timeout=WAIT)
         created = {
             c.body["metadata"]["name"]: c.body for c in cluster.server.calls_of("create", "pods")
@@ -672,7 +660,7 @@ def test_with_a_read_write_once_store_a_later_pod_is_pinned_to_the_first_pods_no
     assert build.status == st.SUCCEEDED
     assert build.node == cluster.kubelet.node
     (first,) = [p for n, p in created.items() if re.match(step_pods("make"), n)]
-    (later,) = [p for n, p in created.items() if re.match(step_pods("use"), n)]
+    (later,) = [p for n, p in created.items() if re.match(step_pods("ship"), n)]
     # The first pod goes wherever the scheduler puts it, near its build's other pods…
     assert "nodeAffinity" not in first["spec"]["affinity"]
     assert "podAffinity" in first["spec"]["affinity"]
@@ -690,7 +678,7 @@ def test_with_a_read_write_once_store_a_later_pod_is_pinned_to_the_first_pods_no
 
 
 def test_with_a_read_write_many_store_pods_are_not_pinned(cluster: Cluster) -> None:
-    cluster.ci.set_pipeline("rwm", TWO_STEPS)
+    cluster.ci.set_pipeline("rwm", THREE_STEPS)
     build = cluster.ci.run_build("rwm", "build", timeout=WAIT)
     assert build.status == st.SUCCEEDED
     assert all("affinity" not in c.body["spec"] for c in cluster.server.calls_of("create", "pods"))
