@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -40,10 +40,12 @@ from shared.errors import (
     VariableError,
 )
 from shared.events import EventSink
+from shared.logs import credentials
 from shared.logstore import LogStore
 from shared.pipeline import Job, Pipeline
 from shared.pipelines import find_pipeline, load
 from shared.plan import CHECK_JOB_PREFIX, StepSpec, compile_plan
+from shared.podspec import credentials_in
 from shared.runtime import Runtime
 from shared.versions import record_build_versions, resolve_job
 
@@ -80,6 +82,12 @@ def job_limit(job: Job) -> int | None:
     if job.serial or job.serial_groups:
         return 1
     return job.max_in_flight
+
+
+def with_credentials(spec: StepSpec, variables: Mapping[str, Any]) -> StepSpec:
+    """``spec`` keeping the values of the vars it was planned with that it holds: a
+    credential goes through the build's Secret even if the vars change before it starts."""
+    return replace(spec, credentials=credentials_in(spec, credentials(variables)))
 
 
 def start_build(
@@ -167,7 +175,10 @@ def record_build(
     if not resolved.ok:
         return _record_unresolved(session, pipeline, job, resolved.problem or "", clock, event_id)
     versions = {**resolved.pins(), **versions}
-    specs = compile_plan(model, job, versions=versions)
+    specs = [
+        with_credentials(spec, pipeline.variables)
+        for spec in compile_plan(model, job, versions=versions)
+    ]
     limited = job_limit(job_model) is not None
     last = session.scalar(
         select(func.max(BuildRow.number)).where(

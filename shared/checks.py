@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import status as st
-from shared.builds import Started, announce, paused_message
+from shared.builds import Started, announce, paused_message, with_credentials
 from shared.db import BuildRow, PipelineRow, SessionFactory, StepRow, transaction
 from shared.errors import JetBridgeError, NotFoundError, PipelinePaused
 from shared.events import EventSink
@@ -147,6 +147,7 @@ def _record_check(
         session, pipeline_id=pipeline.id, resource=found.name, scope=scope_of(found)
     )
     spec = check_spec(model, found.name, version=since)
+    spec = with_credentials(spec, pipeline.variables)
     job = check_job(found.name)
     last = session.scalar(
         select(func.max(BuildRow.number)).where(

@@ -221,10 +221,16 @@ class StepSpec:
     task_file: TaskFile | None = None
     load_var: LoadVar | None = None
     set_pipeline: SetPipeline | None = None
+    credentials: tuple[str, ...] = ()
+    """Values of the pipeline's vars found in the step when its build was planned: they
+    reach its pod through the build's Secret even if the pipeline is set again with
+    other values before the step starts (they are in ``env`` and ``command`` already)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict, the form stored with the step."""
         data: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        if not self.credentials:
+            del data["credentials"]
         return data
 
     @classmethod
@@ -259,6 +265,7 @@ class StepSpec:
             task_file=_task_file(task_file) if task_file else None,
             load_var=LoadVar(**load_var) if load_var else None,
             set_pipeline=_set_pipeline(set_pipeline) if set_pipeline else None,
+            credentials=tuple(data.get("credentials", ())),
         )
 
     def reads(self) -> tuple[InputBinding, ...]:

@@ -187,9 +187,7 @@ def secret_env(
     replaced by its digest), so two steps of a build never overwrite each other's
     values, and writing them again changes nothing.
     """
-    # A resource request is JSON: a credential with a newline or a quote (a private key)
-    # is in it escaped.
-    secrets = {form for c in credentials if c for form in (c, json.dumps(c)[1:-1])}
+    secrets = _forms(credentials)
     refs: dict[str, str] = {}
     data: dict[str, str] = {}
 
@@ -331,6 +329,24 @@ def build_step_pod(
             tolerations=[_toleration(t) for t in settings.tolerations] or None,
             affinity=_pinning(ids.build_id, node) if settings.pin_to_node else None,
         ),
+    )
+
+
+def _forms(credentials: Iterable[str]) -> set[str]:
+    """Each credential as written, and JSON-escaped: a resource request is JSON, and a
+    credential with a newline or a quote (a private key) is in it escaped."""
+    return {form for c in credentials if c for form in (c, json.dumps(c)[1:-1])}
+
+
+def credentials_in(step: StepSpec, credentials: Iterable[str]) -> tuple[str, ...]:
+    """The credentials among ``credentials`` that ``step``'s env or command holds."""
+    texts = [*step.env.values(), *step.command]
+    return tuple(
+        sorted(
+            c
+            for c in set(credentials)
+            if c and any(form in text for form in _forms([c]) for text in texts)
+        )
     )
 
 

@@ -161,7 +161,7 @@ def launch_step(
                 ids=ids,
                 mounts=mounts,
                 settings=pod_settings,
-                credentials=credentials(pipeline.variables),
+                credentials=[*credentials(pipeline.variables), *spec.credentials],
                 node=build.node,
             )
             if secrets.data and not build.has_secret:

@@ -58,7 +58,14 @@ class Pod:
 class Runner:
     """Runs a build of job ``build`` of a pipeline through the step runner's handlers."""
 
-    def __init__(self, sessions: Any, store: Path, clock: FakeClock, pipeline: str) -> None:
+    def __init__(
+        self,
+        sessions: Any,
+        store: Path,
+        clock: FakeClock,
+        pipeline: str,
+        variables: Mapping[str, Any] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.store = store
         self.clock = clock
@@ -68,7 +75,13 @@ class Runner:
         self.handles = Handles()
         self.settings = PodSettings(claim="store", tag_labels={"gpu": "accelerator=nvidia-l4"})
         with transaction(sessions) as session:
-            save_pipeline(session, name="demo", config=textwrap.dedent(pipeline), clock=clock)
+            save_pipeline(
+                session,
+                name="demo",
+                config=textwrap.dedent(pipeline),
+                clock=clock,
+                variables=variables,
+            )
 
     def run(self, script: Mapping[str, Pod | Sequence[Pod]] | None = None, **versions: Any) -> int:
         """Start a build and run every announced step to its end; returns the build id."""
@@ -176,9 +189,9 @@ class RecordingRuntime(FakeRuntime):
 
 
 @pytest.fixture
-def runner(sessions: Any, tmp_path: Path, clock: FakeClock) -> Callable[[str], Runner]:
-    def make(pipeline: str) -> Runner:
-        made = Runner(sessions, tmp_path / "store", clock, pipeline)
+def runner(sessions: Any, tmp_path: Path, clock: FakeClock) -> Callable[..., Runner]:
+    def make(pipeline: str, variables: Mapping[str, Any] | None = None) -> Runner:
+        made = Runner(sessions, tmp_path / "store", clock, pipeline, variables)
         made.runtime = RecordingRuntime()
         return made
 
@@ -634,3 +647,62 @@ def test_without_pinning_the_node_is_kept_but_pods_go_anywhere(
     build_id = made.run()
     assert made.build(build_id).node == "node-a"  # for `kubectl`, and a later switch to RWO
     assert all("affinity" not in made.pod(build_id, n)["spec"] for n in ("one", "two", "three"))
+
+
+# -- credentials: kept with the step they were planned into ------------------------------
+
+CREDENTIALED = """
+jobs:
+- name: build
+  plan:
+  - task: one
+    config: {platform: linux, run: {path: "true"}}
+  - task: two
+    config:
+      platform: linux
+      params: {TOKEN: ((token))}
+      run: {path: sh, args: [-c, 'curl -u "bot:((token))" https://example.com']}
+"""
+
+
+class ResettingRuntime(RecordingRuntime):
+    """Runs ``when_first_ends`` as the build's first pod ends (before the next is launched)."""
+
+    def __init__(self, when_first_ends: Callable[[], None]) -> None:
+        super().__init__()
+        self.when_first_ends: Callable[[], None] | None = when_first_ends
+
+    def finish(self, name: str, exit_code: int = 0, **kwargs: Any) -> dict[str, Any]:
+        if self.when_first_ends is not None:
+            self.when_first_ends, hook = None, self.when_first_ends
+            hook()
+        return super().finish(name, exit_code, **kwargs)
+
+
+def test_a_credential_stays_secret_when_the_pipeline_is_set_again_mid_build(
+    runner: Callable[..., Runner],
+) -> None:
+    made = runner(CREDENTIALED, {"token": "tok-old-4f1a9e"})
+
+    def set_pipeline(token: str) -> None:
+        with transaction(made.sessions) as session:
+            save_pipeline(
+                session,
+                name="demo",
+                config=textwrap.dedent(CREDENTIALED),
+                clock=made.clock,
+                variables={"token": token},
+            )
+
+    # The token is rotated while the build runs: its step "two" was planned with the old.
+    made.runtime = ResettingRuntime(lambda: set_pipeline("tok-new-77c2b0"))
+    build_id = made.run()
+    pod = made.pod(build_id, "two")
+    assert "tok-old-4f1a9e" not in json.dumps(pod)
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert "secretKeyRef" in env["TOKEN"]["valueFrom"]
+    assert "$(JETBRIDGE_CREDENTIAL_1)" in pod["spec"]["containers"][0]["args"][1]
+    assert made.runtime.secrets[f"jb-{build_id}-secrets"] == {
+        f"{made.step(build_id, 'two').id}-TOKEN": "tok-old-4f1a9e",
+        f"{made.step(build_id, 'two').id}-JETBRIDGE_CREDENTIAL_1": "tok-old-4f1a9e",
+    }
