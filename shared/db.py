@@ -10,6 +10,8 @@ are wrapped into ``DatabaseUnavailable`` here, at the edge.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,6 +250,10 @@ class BuildVersionRow(Base):
     """``input`` or ``output``."""
 
 
+#: SQLite engines → the lock their transactions take turns on within this process.
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout so threads share it."""
     if url.startswith("sqlite"):
@@ -271,6 +277,10 @@ def make_engine(url: str) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        # Every SQLite transaction writes-locks the file; the threads of this process take
+        # turns on a lock of their own first. SQLite's busy handler would poll with sleeps
+        # growing to 100 ms, and a thread unlucky in its polls waits far longer than its turn.
+        _WRITE_LOCKS[engine] = threading.RLock()
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -282,8 +292,10 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 @contextlib.contextmanager
 def transaction(sessions: SessionFactory) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error, and a lost database becomes temporary."""
+    bind = getattr(sessions, "kw", {}).get("bind")
+    turn = _WRITE_LOCKS.get(bind) if bind is not None else None
     try:
-        with sessions() as session, session.begin():
+        with turn or contextlib.nullcontext(), sessions() as session, session.begin():
             yield session
     except (exc.OperationalError, exc.InterfaceError) as e:
         if _is_disconnect(e):
