@@ -81,23 +81,34 @@ def _strict(node: Any) -> Any:
     return node
 
 
+#: Where the vendored CRD schemas of each project are (``deploy/crd_schemas.py`` writes them).
+CRD_SCHEMAS = {
+    "Knative": KNATIVE_SCHEMAS,
+    "Prometheus Operator": ROOT / "tests" / "testdata" / "chart" / "operator-schemas",
+}
+
+
 @functools.cache
-def knative_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
-    """A validator for one Knative kind, from the schema of Knative's CRD."""
-    path = KNATIVE_SCHEMAS / f"{api_version.replace('/', '_')}_{kind}.json"
+def crd_validator(owner: str, api_version: str, kind: str) -> jsonschema.Draft202012Validator:
+    """A validator for one kind of ``owner``'s CRDs, from its vendored schema made strict."""
+    path = CRD_SCHEMAS[owner] / f"{api_version.replace('/', '_')}_{kind}.json"
     if not path.exists():
         pytest.fail(
-            f"no Knative schema for {api_version} {kind} in {path.parent.relative_to(ROOT)}: "
+            f"no {owner} schema for {api_version} {kind} in {path.parent.relative_to(ROOT)}: "
             "add the kind to deploy/crd_schemas.py and run it"
         )
-    schema = _strict(json.loads(path.read_text()))
-    return jsonschema.Draft202012Validator(schema)
+    return jsonschema.Draft202012Validator(_strict(json.loads(path.read_text())))
+
+
+def crd_errors(owner: str, obj: dict[str, Any]) -> list[str]:
+    """What ``owner``'s CRD schema finds wrong with ``obj``, one line each."""
+    validator = crd_validator(owner, obj["apiVersion"], obj["kind"])
+    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(obj)]
 
 
 def knative_errors(obj: dict[str, Any]) -> list[str]:
     """What Knative's schema finds wrong with ``obj``, one line each."""
-    validator = knative_validator(obj["apiVersion"], obj["kind"])
-    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(obj)]
+    return crd_errors("Knative", obj)
 
 
 def pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:

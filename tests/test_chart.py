@@ -11,14 +11,12 @@ first line names. ``make chart-check`` runs this file and tests/test_knative.py.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
@@ -29,7 +27,7 @@ from tests.golden import check_golden
 from tests.kubeschema import VERSIONS, schema_errors
 from tests.manifests import (
     ROOT,
-    _strict,
+    crd_errors,
     documents,
     env_of,
     ident,
@@ -47,8 +45,6 @@ CASES_DIR = ROOT / "tests" / "testdata" / "chart"
 CASES = sorted(p.stem for p in CASES_DIR.glob("*.yaml"))
 INVALID = sorted(p.stem for p in (CASES_DIR / "invalid").glob("*.yaml"))
 RELEASE, NAMESPACE = "jetbridge", "ci"
-#: The Prometheus Operator's CRD schemas (tests/testdata/chart/operator-schemas/README.md).
-OPERATOR_SCHEMAS = CASES_DIR / "operator-schemas"
 #: deploy/monitoring/, and the chart's copies of it (the chart can read only its own files).
 MONITORING = ROOT / "deploy" / "monitoring"
 CHART_FILES = CHART / "files"
@@ -105,21 +101,9 @@ def is_operator(obj: dict[str, Any]) -> bool:
     return str(obj.get("apiVersion", "")).split("/")[0] == "monitoring.coreos.com"
 
 
-@functools.cache
-def _operator_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
-    path = OPERATOR_SCHEMAS / f"{api_version.replace('/', '_')}_{kind}.json"
-    if not path.exists():
-        pytest.fail(
-            f"no Prometheus Operator schema for {api_version} {kind} in "
-            f"{path.parent.relative_to(ROOT)}: add the kind to deploy/crd_schemas.py"
-        )
-    return jsonschema.Draft202012Validator(_strict(json.loads(path.read_text())))
-
-
 def operator_errors(obj: dict[str, Any]) -> list[str]:
     """What the Prometheus Operator's CRD schema (made strict) finds wrong with ``obj``."""
-    validator = _operator_validator(obj["apiVersion"], obj["kind"])
-    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(obj)]
+    return crd_errors("Prometheus Operator", obj)
 
 
 # ---- helm itself
