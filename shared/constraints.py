@@ -144,11 +144,10 @@ def job_inputs(pipeline: Pipeline, job: Job) -> tuple[Input, ...]:
     """Every get of ``job`` (plan and hooks, however deep), one per get name, in plan order."""
     order = {j.name: i for i, j in enumerate(pipeline.jobs)}
     inputs: dict[str, Input] = {}
-    pins = {r.name: r.version for r in pipeline.resources if r.version is not None}
     for step in _gets(_job_steps(job)):
         if step.get in inputs:
             continue  # the copies of an across step: one get
-        pinned = step.version if isinstance(step.version, Mapping) else pins.get(step.resource)
+        pinned = pipeline.pinned_version(step)
         inputs[step.get] = Input(
             name=step.get,
             resource=step.resource,

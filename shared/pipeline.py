@@ -327,6 +327,13 @@ class Pipeline:
         names = ", ".join(r.name for r in self.resources)
         raise KeyError(f"no resource {name!r} in the pipeline; resources: {names}")
 
+    def pinned_version(self, step: GetStep) -> Mapping[str, str] | None:
+        """The version a get is pinned to in the pipeline: its own ``version: {…}``, else
+        its resource's; ``None`` when neither pins one."""
+        if isinstance(step.version, Mapping):
+            return step.version
+        return self.resource(step.resource).version
+
     def resource_type(self, name: str) -> ResourceType | None:
         """The declared resource type called ``name``, if any."""
         return next((t for t in self.resource_types if t.name == name), None)

@@ -579,10 +579,8 @@ class _Compiler:
 
     def _get(self, step: GetStep, base: StepSpec) -> StepSpec:
         version = self.versions.get(step.get)
-        if version is None and isinstance(step.version, Mapping):
-            version = step.version
-        if version is None:  # a resource pinned in the pipeline: every get takes that version
-            version = self.pipeline.resource(step.resource).version
+        if version is None:
+            version = self.pipeline.pinned_version(step)
         call = self._resource(step.resource, step.params, version)
         return replace(
             base,
