@@ -16,10 +16,9 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from benchmarks.results import Results, test_id, write
-from tests.conftest import database_url, postgres_database  # noqa: F401  (fixtures)
+from tests.conftest import database_url, postgres_database, postgres_url  # noqa: F401  (fixtures)
 
 #: Lines the benchmarks want shown in the summary, in the order they ran.
 REPORT: list[str] = []
@@ -86,14 +85,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if failed:
         RESULTS.note("run", f"{failed} benchmark(s) failed; their numbers are missing")
     write(RESULTS, wall_seconds=wall)
-
-
-@pytest.fixture
-def postgres_url(postgres_database: str) -> str:  # noqa: F811  (the fixture imported above)
-    """The session's Postgres database, with an empty schema."""
-    reset = create_engine(postgres_database, isolation_level="AUTOCOMMIT")
-    with reset.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    reset.dispose()
-    return postgres_database

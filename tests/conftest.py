@@ -63,17 +63,23 @@ def postgres_database() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """The session's Postgres database, with an empty schema."""
+    reset = create_engine(postgres_database, isolation_level="AUTOCOMMIT")
+    with reset.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    reset.dispose()
+    return postgres_database
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL to an empty database: SQLite in a temp folder, or a fresh Postgres schema."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jetbridge.db'}"
-    url: str = request.getfixturevalue("postgres_database")
-    reset = create_engine(url, isolation_level="AUTOCOMMIT")
-    with reset.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    reset.dispose()
+    url: str = request.getfixturevalue("postgres_url")
     return url
 
 

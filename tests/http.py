@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import functions_framework
 from werkzeug.serving import make_server
 
-from shared import logs
+from shared import app, logs
+from shared.app import Deps, build_deps
+from shared.db import transaction, upgrade
+from shared.events import RecordingSink
+from shared.pipelines import save_pipeline
+from shared.settings import Settings
+from tests.fakes import FakeClock, FakeRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def installed_deps(settings: Settings, pipelines: Mapping[str, str]) -> Iterator[Deps]:
+    """JetBridge over the fakes (a recording sink, the fake runtime and clock), its schema
+    made and ``pipelines`` (name → YAML) saved, installed as what served functions use."""
+    deps = build_deps(settings, sink=RecordingSink(), runtime=FakeRuntime(), clock=FakeClock())
+    upgrade(deps.engine)
+    with transaction(deps.sessions) as session:
+        for name, config in pipelines.items():
+            save_pipeline(session, name=name, config=config, clock=deps.clock)
+    app.install(deps)
+    try:
+        yield deps
+    finally:
+        app.install(None)
+        deps.engine.dispose()
 
 
 @contextmanager

@@ -23,12 +23,10 @@ from sqlalchemy import func, select
 from shared import app, events
 from shared import status as bs
 from shared.app import Deps, build_deps
-from shared.db import BuildRow, DeliveryRow, StepRow, transaction, upgrade
-from shared.events import RecordingSink
-from shared.pipelines import save_pipeline, set_paused
+from shared.db import BuildRow, DeliveryRow, StepRow, transaction
+from shared.pipelines import set_paused
 from shared.settings import Settings
 from shared.webhooks import signature
-from tests.fakes import FakeClock, FakeRuntime
 from tests.hooks import (
     SECRET,
     body_of,
@@ -38,7 +36,7 @@ from tests.hooks import (
     payload,
     post,
 )
-from tests.http import serve_function
+from tests.http import installed_deps, serve_function
 
 GITHUB_SHA = "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5"
 GITLAB_SHA = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7"
@@ -85,16 +83,11 @@ def deps(database_url: str, tmp_path: Path) -> Iterator[Deps]:
         webhook_secrets=json.dumps({n: SECRET for n in ("app", "twin", "paused", "ghost")}),
         webhook_max_bytes=MAX_BYTES,
     )
-    deps = build_deps(settings, sink=RecordingSink(), runtime=FakeRuntime(), clock=FakeClock())
-    upgrade(deps.engine)
-    with transaction(deps.sessions) as session:
-        for name in ("app", "twin", "paused", "nosecret"):
-            save_pipeline(session, name=name, config=PIPELINE, clock=deps.clock)
-        set_paused(session, "paused", paused=True)
-    app.install(deps)
-    yield deps
-    app.install(None)
-    deps.engine.dispose()
+    names = ("app", "twin", "paused", "nosecret")
+    with installed_deps(settings, dict.fromkeys(names, PIPELINE)) as deps:
+        with transaction(deps.sessions) as session:
+            set_paused(session, "paused", paused=True)
+        yield deps
 
 
 @pytest.fixture

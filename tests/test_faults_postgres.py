@@ -19,7 +19,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from shared import app
 from shared import status as st
@@ -38,17 +37,6 @@ BUILDS = 6
 #: The middle step runs for a moment, so that pods are running when the database goes.
 SLOW_CHECK = PIPELINE.replace('"cat out/file > report/r"', '"sleep 0.5; cat out/file > report/r"')
 FINAL = ("Succeeded", "Failed")
-
-
-@pytest.fixture
-def postgres_url(postgres_database: str) -> str:
-    """The session's Postgres database with an empty schema."""
-    reset = create_engine(postgres_database, isolation_level="AUTOCOMMIT")
-    with reset.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    reset.dispose()
-    return postgres_database
 
 
 @pytest.fixture

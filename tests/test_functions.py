@@ -15,12 +15,11 @@ from sqlalchemy import func, select
 
 from shared import app, events
 from shared.app import build_deps
-from shared.db import BuildRow, transaction, upgrade
+from shared.db import BuildRow, transaction
 from shared.events import RecordingSink
-from shared.pipelines import save_pipeline
 from shared.settings import Settings
-from tests.fakes import FakeClock, FakeRuntime
-from tests.http import serve_function
+from tests.fakes import FakeRuntime
+from tests.http import installed_deps, serve_function
 
 PIPELINE = """
 resources:
@@ -35,14 +34,8 @@ jobs:
 @pytest.fixture
 def deps(database_url: str, tmp_path: Path) -> Iterator[Any]:
     settings = Settings(data_dir=tmp_path, database_url=database_url)
-    deps = build_deps(settings, sink=RecordingSink(), runtime=FakeRuntime(), clock=FakeClock())
-    upgrade(deps.engine)
-    with transaction(deps.sessions) as session:
-        save_pipeline(session, name="demo", config=PIPELINE, clock=deps.clock)
-    app.install(deps)
-    yield deps
-    app.install(None)
-    deps.engine.dispose()
+    with installed_deps(settings, {"demo": PIPELINE}) as deps:
+        yield deps
 
 
 def post(url: str, event: Any, mode: str = "binary") -> tuple[int, str]:

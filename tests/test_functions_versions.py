@@ -11,16 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shared import app, events
+from shared import events
 from shared import status as st
-from shared.app import build_deps
-from shared.db import BuildRow, StepRow, transaction, upgrade
-from shared.events import RecordingSink
-from shared.pipelines import find_pipeline, load, save_pipeline
+from shared.db import BuildRow, StepRow, transaction
+from shared.pipelines import find_pipeline, load
 from shared.settings import Settings
 from shared.versions import save_versions, scope_of
-from tests.fakes import FakeClock, FakeRuntime
-from tests.http import serve_function
+from tests.http import installed_deps, serve_function
 from tests.test_functions import post
 
 PIPELINE = """
@@ -37,14 +34,8 @@ jobs:
 @pytest.fixture
 def deps(database_url: str, tmp_path: Path) -> Iterator[Any]:
     settings = Settings(data_dir=tmp_path, database_url=database_url)
-    deps = build_deps(settings, sink=RecordingSink(), runtime=FakeRuntime(), clock=FakeClock())
-    upgrade(deps.engine)
-    with transaction(deps.sessions) as session:
-        save_pipeline(session, name="demo", config=PIPELINE, clock=deps.clock)
-    app.install(deps)
-    yield deps
-    app.install(None)
-    deps.engine.dispose()
+    with installed_deps(settings, {"demo": PIPELINE}) as deps:
+        yield deps
 
 
 def builds(deps: Any) -> list[tuple[str, str, dict[str, Any]]]:

@@ -21,15 +21,11 @@ from sqlalchemy import select
 
 from shared import app, events, logs
 from shared import status as st
-from shared.app import build_deps
-from shared.db import BuildRow, StepRow, transaction, upgrade
-from shared.events import RecordingSink
+from shared.db import BuildRow, StepRow, transaction
 from shared.local import LocalCI
-from shared.pipelines import save_pipeline
 from shared.settings import Settings
 from shared.webhooks import signature
-from tests.fakes import FakeClock, FakeRuntime
-from tests.http import serve_function
+from tests.http import installed_deps, serve_function
 from tests.test_functions import PIPELINE, post
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,15 +155,8 @@ def test_secret_values_and_url_passwords() -> None:
 
 @pytest.fixture
 def deps(tmp_path: Path) -> Iterator[Any]:
-    settings = Settings(data_dir=tmp_path)
-    deps = build_deps(settings, sink=RecordingSink(), runtime=FakeRuntime(), clock=FakeClock())
-    upgrade(deps.engine)
-    with transaction(deps.sessions) as session:
-        save_pipeline(session, name="demo", config=PIPELINE, clock=deps.clock)
-    app.install(deps)
-    yield deps
-    app.install(None)
-    deps.engine.dispose()
+    with installed_deps(Settings(data_dir=tmp_path), {"demo": PIPELINE}) as deps:
+        yield deps
 
 
 def test_a_function_logs_json_lines_with_the_event_ids(

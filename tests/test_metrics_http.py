@@ -20,13 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from shared import app, events
-from shared.app import build_deps
-from shared.db import ArtifactRow, transaction, upgrade
-from shared.events import RecordingSink
-from shared.pipelines import save_pipeline
+from shared.db import ArtifactRow, transaction
 from shared.settings import Settings
-from tests.fakes import FakeClock, FakeRuntime
-from tests.http import serve_function
+from tests.http import installed_deps, serve_function
 from tests.test_functions import post
 
 PIPELINE = """
@@ -59,15 +55,8 @@ def get(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def deps(tmp_path: Path) -> Iterator[Any]:
-    settings = Settings(data_dir=tmp_path)
-    deps = build_deps(settings, sink=RecordingSink(), runtime=FakeRuntime(), clock=FakeClock())
-    upgrade(deps.engine)
-    with transaction(deps.sessions) as session:
-        save_pipeline(session, name="demo", config=PIPELINE, clock=deps.clock)
-    app.install(deps)
-    yield deps
-    app.install(None)
-    deps.engine.dispose()
+    with installed_deps(Settings(data_dir=tmp_path), {"demo": PIPELINE}) as deps:
+        yield deps
 
 
 @pytest.fixture

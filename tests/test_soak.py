@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from benchmarks import results as bench_results
 from shared import status as st
@@ -151,12 +151,7 @@ def database(request: pytest.FixtureRequest) -> str:
     """``""`` (the SQLite file of the data directory), or a fresh Postgres schema."""
     if DATABASE != "postgres":
         return ""
-    url: str = request.getfixturevalue("postgres_database")
-    reset = create_engine(url, isolation_level="AUTOCOMMIT")
-    with reset.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    reset.dispose()
+    url: str = request.getfixturevalue("postgres_url")
     return url
 
 
