@@ -23,16 +23,7 @@ from shared import app, events
 from shared.db import ArtifactRow, transaction
 from shared.settings import Settings
 from tests.http import installed_deps, serve_function
-from tests.test_functions import post
-
-PIPELINE = """
-resources:
-- {name: repo, type: git, source: {uri: /nowhere}}
-jobs:
-- name: build
-  plan:
-  - get: repo
-"""
+from tests.test_functions import PIPELINE, post
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
